@@ -1,0 +1,1 @@
+//! Node networking: the `vpc-cni` CNI plugin and the `ipamd` address-management daemon.

@@ -1,0 +1,58 @@
+# Shared helpers for hack/ scripts. Source it: `. "$(dirname "$0")/lib.sh"`.
+# Everything expensive (built Kubernetes binaries, images, the Python venv, cargo's
+# target dir) lives under $NODERT_CACHE, outside the clone, so reruns are fast and a
+# fresh clone never rebuilds what this machine already has.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARED_DIR="${SHARED_DIR:-$REPO_ROOT/../shared}"
+export NODERT_CACHE="${NODERT_CACHE:-/var/cache/node-runtime}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NODERT_CACHE/target}"
+KUBE_VERSION=1.20.2
+KUBE_BIN_DIR="$NODERT_CACHE/kubernetes-$KUBE_VERSION/bin"
+VENV_DIR="$NODERT_CACHE/venv"
+mkdir -p "$NODERT_CACHE"
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+warn() { printf '\033[1;33mwarning:\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+require_root() { [ "$(id -u)" = 0 ] || die "$0 must run as root (it creates namespaces, mounts and links)"; }
+
+# apt_install PKG...: installs only what is missing; `apt-get update` at most once a day.
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local stamp="$NODERT_CACHE/.apt-updated"
+    if [ -z "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then
+        log "apt-get update"
+        apt-get update -qq
+        touch "$stamp"
+    fi
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# free_port: an unused loopback TCP port (race-free enough for tests: the kernel picks it).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_for DESCRIPTION SECONDS CMD...: polls CMD until it succeeds.
+wait_for() {
+    local what="$1" secs="$2"; shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || die "timed out after ${secs}s waiting for $what"
+        sleep 0.2
+    done
+}
+
+# watch_owner PID: in a foreground `run` script, returns when PID has exited. Fixtures pass
+# their own PID so that a test process that dies (panic, SIGKILL) still gets its
+# components torn down.
+watch_owner() {
+    local pid="$1"
+    while kill -0 "$pid" 2>/dev/null; do sleep 1; done
+}
