@@ -56,3 +56,35 @@ watch_owner() {
     local pid="$1"
     while kill -0 "$pid" 2>/dev/null; do sleep 1; done
 }
+
+# parse_run_args "$@": the common flags of a foreground `run` subcommand.
+# Sets RUN_DIR, OWNER_PID (may be empty) and RUN_ARGS (the rest).
+parse_run_args() {
+    RUN_DIR="" OWNER_PID="" RUN_ARGS=()
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --dir) RUN_DIR="$2"; shift 2 ;;
+            --owner-pid) OWNER_PID="$2"; shift 2 ;;
+            *) RUN_ARGS+=("$1"); shift ;;
+        esac
+    done
+    [ -n "$RUN_DIR" ] || die "--dir is required"
+    mkdir -p "$RUN_DIR"
+}
+
+# publish KEY VALUE: adds a line to $RUN_DIR/env (read by test fixtures and local-up).
+publish() { printf '%s=%s\n' "$1" "$2" >>"$RUN_DIR/env"; }
+
+# serve_until_stopped: the tail of every `run` subcommand. Marks the component ready,
+# then blocks until SIGTERM/SIGINT or the owner process exits; the caller's EXIT trap
+# does the teardown.
+serve_until_stopped() {
+    touch "$RUN_DIR/ready"
+    trap 'exit 0' TERM INT
+    if [ -n "${OWNER_PID:-}" ]; then
+        watch_owner "$OWNER_PID" &
+    else
+        sleep infinity &
+    fi
+    wait $! || true
+}

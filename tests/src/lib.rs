@@ -1,2 +1,3 @@
 //! Fixtures that start the real components tests run against. Each fixture drives the
 //! same `hack/` script a developer uses by hand, so there is one implementation.
+pub mod fixture;

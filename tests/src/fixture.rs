@@ -1,0 +1,169 @@
+//! One mechanism for every component a test needs (control plane, registry, EC2
+//! emulator, reference node): a `hack/<name>.sh run --dir DIR --owner-pid PID ...` script
+//! that runs in the foreground, writes `DIR/env` (KEY=VALUE lines) and then `DIR/ready`,
+//! and tears down everything it started on SIGTERM or when PID exits. Developers run the
+//! same scripts by hand, so tests and `local-up.sh` share one implementation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The repository root (the `tests/` crate lives one level below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Where the workspace's binaries were built (`hack/test.sh` sets `NODERT_BIN_DIR`).
+pub fn bin_path(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("NODERT_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    target.join("debug").join(name)
+}
+
+/// A name no other test run (or concurrent test) on this machine can use: tag, pid, counter.
+pub fn unique_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running `hack/<script> run` process; dropping it stops the component and waits.
+pub struct ScriptFixture {
+    child: Child,
+    dir: PathBuf,
+    env: HashMap<String, String>,
+    name: String,
+}
+
+impl ScriptFixture {
+    /// Starts `hack/<script> run --dir <fresh tempdir> --owner-pid <our pid> <args>` and
+    /// waits up to `timeout` for `DIR/ready`.
+    pub fn start(script: &str, args: &[&str], timeout: Duration) -> Result<Self> {
+        let base = std::env::var("NODERT_TEST_TMP").unwrap_or_else(|_| "/tmp".into());
+        let dir = Path::new(&base).join(unique_name(&format!(
+            "nodert-{}",
+            script.trim_end_matches(".sh")
+        )));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = std::fs::File::create(dir.with_extension("log"))?;
+        let path = repo_root().join("hack").join(script);
+        let child = Command::new("bash")
+            .arg(&path)
+            .arg("run")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--owner-pid")
+            .arg(std::process::id().to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", path.display()))?;
+        let mut fixture = ScriptFixture {
+            child,
+            dir,
+            env: HashMap::new(),
+            name: script.to_string(),
+        };
+        fixture.wait_ready(timeout)?;
+        Ok(fixture)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.dir.join("ready").exists() {
+                break;
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited with {status} before it was ready; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready after {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = std::fs::read_to_string(self.dir.join("env")).context("reading env file")?;
+        self.env = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+            .collect();
+        Ok(())
+    }
+
+    /// The last lines of the script's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// A value the script published in `DIR/env`.
+    pub fn get(&self, key: &str) -> Result<&str> {
+        self.env
+            .get(key)
+            .map(String::as_str)
+            .with_context(|| format!("{} did not publish {key}", self.name))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ScriptFixture {
+    fn drop(&mut self) {
+        // SIGTERM lets the script run its teardown trap; escalate if it hangs.
+        let _ = nix_kill(self.child.id(), libc_sigterm());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_file(self.dir.with_extension("log"));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+fn nix_kill(pid: u32, sig: i32) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
