@@ -26,6 +26,9 @@ apt_install() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
+    # A previous install that was interrupted leaves packages unpacked but not
+    # configured, and every later apt-get then fails; finish it first.
+    DEBIAN_FRONTEND=noninteractive dpkg --configure -a >/dev/null
     local stamp="$NODERT_CACHE/.apt-updated"
     if [ -z "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then
         log "apt-get update"

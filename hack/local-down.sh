@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Removes everything hack/local-up.sh created: processes, namespaces, links, rules,
+# mounts, cgroups and state dirs.
+. "$(dirname "$0")/lib.sh"
+require_root
+LOCAL_DIR="${NODERT_LOCAL_DIR:-/var/lib/nodert-local}"
+[ -d "$LOCAL_DIR" ] || { log "nothing to remove"; exit 0; }
+for comp in registry control-plane; do
+    if [ -d "$LOCAL_DIR/$comp" ]; then
+        log "stopping $comp"
+        "$REPO_ROOT/hack/$comp.sh" stop --dir "$LOCAL_DIR/$comp" || warn "stopping $comp failed"
+    fi
+done
+rm -rf "$LOCAL_DIR"
+log "local cluster removed"

@@ -1,0 +1,1 @@
+//! CRI ImageService over the image store (see `crate::image`).
