@@ -83,11 +83,61 @@ publish() { printf '%s=%s\n' "$1" "$2" >>"$RUN_DIR/env"; }
 # does the teardown.
 serve_until_stopped() {
     touch "$RUN_DIR/ready"
-    trap 'exit 0' TERM INT
     if [ -n "${OWNER_PID:-}" ]; then
         watch_owner "$OWNER_PID" &
     else
         sleep infinity &
     fi
-    wait $! || true
+    SERVE_WAITER=$!
+    # The waiter must not outlive us (the EXIT trap may `wait` for children).
+    trap 'kill "$SERVE_WAITER" 2>/dev/null; exit 0' TERM INT
+    wait "$SERVE_WAITER" || true
+}
+
+# start_detached WHAT --dir D [args]: the background form of the calling script's `run`
+# (used by local-up.sh): detached from the terminal, logging to D.log; returns once
+# D/ready exists.
+start_detached() {
+    local what="$1"; shift
+    parse_run_args "$@"
+    local dir runner
+    dir="$(cd "$RUN_DIR" && pwd)"
+    rm -f "$dir/ready"
+    setsid bash "$0" run --dir "$dir" "${RUN_ARGS[@]}" >"$dir.log" 2>&1 </dev/null &
+    runner=$!
+    echo "$runner" >"$dir.runner-pid"
+    local deadline=$((SECONDS + 300))
+    until [ -f "$dir/ready" ]; do
+        kill -0 "$runner" 2>/dev/null || die "$what failed to start; $dir.log ends with:
+$(tail -20 "$dir.log")"
+        [ $SECONDS -lt $deadline ] || die "$what not ready after 300s; see $dir.log"
+        sleep 0.2
+    done
+}
+
+# stop_detached --dir D: stops what start_detached started and removes D.
+stop_detached() {
+    parse_run_args "$@"
+    local dir pid
+    dir="$(cd "$RUN_DIR" && pwd)"
+    pid="$(cat "$dir.runner-pid" 2>/dev/null || true)"
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    fi
+    rm -rf "$dir" "$dir.runner-pid"
+}
+
+# reap_children PID...: TERM, up to 5 s of grace, then KILL; waits for all of them.
+reap_children() {
+    local pid alive
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        alive=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+    wait "$@" 2>/dev/null || true
 }
