@@ -102,7 +102,9 @@ spawn() {
 }
 
 teardown() {
-    [ ${#PIDS[@]} -eq 0 ] || reap_children "${PIDS[@]}"
+    # etcd last: an apiserver that loses etcd first hangs in shutdown until killed.
+    [ ${#PIDS[@]} -le 1 ] || reap_children "${PIDS[@]:1}"
+    [ ${#PIDS[@]} -eq 0 ] || reap_children "${PIDS[0]}"
     # The data dir is private to this instance: nothing of it survives.
     [ -n "${DIR:-}" ] && rm -rf "$DIR"
 }

@@ -92,6 +92,8 @@ serve_until_stopped() {
     # The waiter must not outlive us (the EXIT trap may `wait` for children).
     trap 'kill "$SERVE_WAITER" 2>/dev/null; exit 0' TERM INT
     wait "$SERVE_WAITER" || true
+    # The owner is gone, so nobody will read the log the fixture kept beside the dir.
+    if [ -n "${OWNER_PID:-}" ] && ! kill -0 "$OWNER_PID" 2>/dev/null; then rm -f "$RUN_DIR.log"; fi
 }
 
 # start_detached WHAT --dir D [args]: the background form of the calling script's `run`

@@ -5,7 +5,7 @@
 require_root
 LOCAL_DIR="${NODERT_LOCAL_DIR:-/var/lib/nodert-local}"
 [ -d "$LOCAL_DIR" ] || { log "nothing to remove"; exit 0; }
-for comp in registry control-plane; do
+for comp in ec2-emulator registry control-plane; do
     if [ -d "$LOCAL_DIR/$comp" ]; then
         log "stopping $comp"
         "$REPO_ROOT/hack/$comp.sh" stop --dir "$LOCAL_DIR/$comp" || warn "stopping $comp failed"

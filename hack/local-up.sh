@@ -36,11 +36,18 @@ else
 fi
 KUBECONFIG_PATH="$(grep '^KUBECONFIG=' "$LOCAL_DIR/control-plane/env" | cut -d= -f2-)"
 
-log "[3/4] local registry"
+log "[3/4] local registry and EC2 emulator"
 if [ -f "$LOCAL_DIR/registry/ready" ] && "$REPO_ROOT/hack/registry.sh" status --dir "$LOCAL_DIR/registry" >/dev/null 2>&1; then
     log "registry already running"
 else
     "$REPO_ROOT/hack/registry.sh" start --dir "$LOCAL_DIR/registry"
+fi
+if [ "$MODE" = eni ]; then
+    if [ -f "$LOCAL_DIR/ec2-emulator/ready" ]; then
+        log "EC2 emulator already running"
+    else
+        "$REPO_ROOT/hack/ec2-emulator.sh" start --dir "$LOCAL_DIR/ec2-emulator" --instances "$NODES"
+    fi
 fi
 
 log "[4/4] nodes"
@@ -51,6 +58,7 @@ cat <<EOM
 The cluster is up. Use it with:
 
     export KUBECONFIG=$KUBECONFIG_PATH
+    export PATH=$KUBE_BIN_DIR:\$PATH   # kubectl 1.20.2, built with the control plane
     kubectl get nodes -o wide
     kubectl get pods -A
 

@@ -30,6 +30,35 @@ pub fn bin_path(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// The directory everything expensive is cached in (see hack/lib.sh).
+pub fn cache_dir() -> PathBuf {
+    std::env::var("NODERT_CACHE")
+        .unwrap_or_else(|_| "/var/cache/node-runtime".into())
+        .into()
+}
+
+/// An upstream Kubernetes 1.20.2 binary built by hack/build-kubernetes.sh (kubectl,
+/// kubelet, kube-proxy, ...).
+pub fn kube_bin(name: &str) -> PathBuf {
+    cache_dir().join("kubernetes-1.20.2/bin").join(name)
+}
+
+/// Runs a command and returns its stdout, or an error carrying its stderr.
+pub fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// A name no other test run (or concurrent test) on this machine can use: tag, pid, counter.
 pub fn unique_name(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -133,12 +162,18 @@ impl ScriptFixture {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// The script's own pid (its children are the component's processes).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for ScriptFixture {
     fn drop(&mut self) {
         // SIGTERM lets the script run its teardown trap; escalate if it hangs.
-        let _ = nix_kill(self.child.id(), libc_sigterm());
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -149,21 +184,5 @@ impl Drop for ScriptFixture {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn libc_sigterm() -> i32 {
-    15
-}
-
-fn nix_kill(pid: u32, sig: i32) -> std::io::Result<()> {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other("kill failed"))
     }
 }
