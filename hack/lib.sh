@@ -42,6 +42,10 @@ apt_install() {
 # free_port: an unused loopback TCP port (race-free enough for tests: the kernel picks it).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# host_ip: this machine's first global IPv4 address (a Node's InternalIP must not be
+# loopback; the address is local, so nothing leaves the machine).
+host_ip() { ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1; }
+
 # wait_for DESCRIPTION SECONDS CMD...: polls CMD until it succeeds.
 wait_for() {
     local what="$1" secs="$2"; shift 2

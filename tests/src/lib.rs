@@ -3,4 +3,5 @@
 pub mod control_plane;
 pub mod ec2;
 pub mod fixture;
+pub mod reference_node;
 pub mod registry;

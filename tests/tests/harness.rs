@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use node_tests::control_plane::{ControlPlane, kubectl_as, kubectl_stdin};
 use node_tests::ec2::{Ec2Emulator, xml_field};
-use node_tests::fixture::{run_ok, unique_name};
+use node_tests::fixture::{process_running, run_ok, unique_name};
+use node_tests::reference_node::ReferenceNode;
 use node_tests::registry::Registry;
 use sha2::{Digest, Sha256};
 
@@ -184,17 +185,11 @@ fn dropping_the_control_plane_stops_its_processes_and_removes_its_dir() {
     .collect();
     let dir = cp.dir().to_path_buf();
     for pid in &pids {
-        assert!(
-            Path::new(&format!("/proc/{pid}")).exists(),
-            "{pid} not running"
-        );
+        assert!(process_running(pid), "{pid} not running");
     }
     drop(cp);
     for pid in &pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "{pid} still running"
-        );
+        assert!(!process_running(pid), "{pid} still running");
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
@@ -436,4 +431,53 @@ fn imds_requires_a_session_token() -> Result<()> {
         bail!("instance-id missing with a valid token");
     }
     Ok(())
+}
+
+#[test]
+fn reference_node_runs_a_pod_and_leaves_nothing_behind() {
+    let cp = ControlPlane::shared();
+    let reg = Registry::start().unwrap();
+    let name = unique_name("ref");
+    let node = ReferenceNode::start(cp, &reg, &name).unwrap();
+    let pod = unique_name("ref-pod");
+    cp.apply(&format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{pod}","namespace":"default"}},
+            "spec":{{"nodeName":"{name}","restartPolicy":"Never","containers":[{{"name":"c",
+              "image":"registry.k8s.io/e2e-test-images/busybox:1.29-2",
+              "command":["sh","-c","echo hello from $(hostname); sleep 3600"]}}]}}}}"#
+    ))
+    .unwrap();
+    let ip = eventually(
+        "the pod running with an IP",
+        Duration::from_secs(90),
+        || {
+            let out = cp.kubectl(&["get", "pod", &pod, "-o", "json"])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            Ok((v["status"]["phase"] == "Running")
+                .then(|| v["status"]["podIP"].as_str().map(str::to_string))
+                .flatten())
+        },
+    );
+    assert!(ip.starts_with("10.88.0."), "{ip}");
+    // kubectl logs goes apiserver -> kubelet :10250 -> containerd.
+    let logs = eventually("the pod's log", Duration::from_secs(30), || {
+        let l = cp.kubectl(&["logs", &pod])?;
+        Ok((!l.is_empty()).then_some(l))
+    });
+    assert_eq!(logs.trim(), format!("hello from {pod}"));
+
+    let pids = run_ok(Command::new("pgrep").args(["-f", node.cri_socket()])).unwrap();
+    let cmdlines: Vec<String> = pids
+        .split_whitespace()
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default())
+        .collect();
+    drop(node);
+    for (pid, cmd) in pids.split_whitespace().zip(&cmdlines) {
+        assert!(!process_running(pid), "{pid} survived: {cmd}");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&name), "mounts left behind: {mounts}");
+    assert!(!Path::new(&format!("/sys/fs/cgroup/memory/nodert-ref-{name}")).exists());
+    cp.kubectl(&["delete", "pod", &pod, "--grace-period=0", "--force"])
+        .unwrap();
 }
