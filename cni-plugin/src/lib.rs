@@ -1,1 +1,3 @@
 //! Node networking: the `vpc-cni` CNI plugin and the `ipamd` address-management daemon.
+
+pub mod aws;

@@ -1,2 +1,3 @@
-//! Images: pulling from OCI/Docker registries, the content store, and unpacking layers
-//! into per-container overlay root filesystems.
+//! Images: references, registry access, the on-disk store and safe layer unpacking.
+pub mod reference;
+pub mod unpack;

@@ -1,0 +1,3 @@
+//! AWS-specific knowledge the node runtime needs without calling AWS APIs.
+
+pub mod limits;
