@@ -68,7 +68,12 @@ image() {
     else
         umoci config --image "$LAYOUT:$from" --tag "$tag"
     fi
-    umoci insert --image "$LAYOUT:$tag" "$dir" /
+    # GNU tar, not `umoci insert`: umoci 0.4.7's insert leaves the last entry unpadded
+    # and drops the end-of-archive blocks, which strict tar readers reject.
+    local layer="$WORK/layer-$tag.tar"
+    tar --numeric-owner --owner=0 --group=0 --sort=name -C "$dir" -cf "$layer" .
+    umoci raw add-layer --image "$LAYOUT:$tag" "$layer"
+    rm -f "$layer"
     [ $# -eq 0 ] || umoci config --image "$LAYOUT:$tag" "$@"
 }
 

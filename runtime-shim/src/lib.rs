@@ -1,4 +1,5 @@
 //! `runtime-shim`: a CRI v1 container runtime. The binary in `main.rs` only parses flags
 //! and starts the gRPC server; everything else lives in these modules so that tests and
 //! the kubelet can reuse pieces (the image store, the OCI spec builder).
+pub mod cri;
 pub mod image;

@@ -183,18 +183,26 @@ impl ScriptFixture {
 
 impl Drop for ScriptFixture {
     fn drop(&mut self) {
-        // SIGTERM lets the script run its teardown trap; escalate if it hangs.
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                let _ = std::fs::remove_file(self.dir.with_extension("log"));
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        // SIGTERM lets the script run its teardown trap.
+        if terminate(&mut self.child, Duration::from_secs(30)) {
+            let _ = std::fs::remove_file(self.dir.with_extension("log"));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+}
+
+/// SIGTERM, then SIGKILL if `child` has not exited within `grace`. Returns whether it
+/// exited by itself.
+pub fn terminate(child: &mut Child, grace: Duration) -> bool {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
 }

@@ -5,3 +5,4 @@ pub mod ec2;
 pub mod fixture;
 pub mod reference_node;
 pub mod registry;
+pub mod runtime_shim;

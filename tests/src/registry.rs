@@ -27,6 +27,11 @@ impl Registry {
         Ok(Registry { fixture })
     }
 
+    /// The registry's private dir (its storage is `dir/storage`).
+    pub fn dir(&self) -> &std::path::Path {
+        self.fixture.dir()
+    }
+
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> &str {
         self.fixture

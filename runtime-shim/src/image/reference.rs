@@ -26,8 +26,24 @@ pub struct Reference {
 }
 
 /// A content digest, `sha256:<64 hex>` (the only algorithm registries use in practice).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
+
+impl TryFrom<String> for Digest {
+    type Error = ReferenceError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Digest::parse(&s)
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
 
 impl Digest {
     pub fn parse(s: &str) -> Result<Self, ReferenceError> {

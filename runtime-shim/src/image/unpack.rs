@@ -170,8 +170,12 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<R>, dest: &Path) -> Result<(), U
     Ok(())
 }
 
-/// A path inside the layer: no root, no `..`; `.` components dropped.
+/// A path inside the layer: no root, no `..`; `.` components dropped. The root
+/// directory entry itself (`/`, which umoci and others write) names the layer root.
 fn checked_relative(p: &Path) -> Result<PathBuf, &'static str> {
+    if p == Path::new("/") {
+        return Ok(PathBuf::new());
+    }
     let mut out = PathBuf::new();
     for c in p.components() {
         match c {

@@ -1,0 +1,121 @@
+//! Our `runtime-shim`, started as a process with private root/state dirs and the test
+//! registry as mirror for every upstream registry, plus CRI clients for it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::fixture::{bin_path, terminate, unique_name};
+use crate::registry::Registry;
+
+/// Directories that outlive one runtime-shim process, so restarts can be tested.
+pub struct ShimDirs {
+    pub base: PathBuf,
+}
+
+impl ShimDirs {
+    pub fn new() -> Result<Self> {
+        let base = std::env::temp_dir().join(unique_name("nodert-shim"));
+        std::fs::create_dir_all(&base)?;
+        Ok(ShimDirs { base })
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.base.join("cri.sock")
+    }
+    pub fn root(&self) -> PathBuf {
+        self.base.join("root")
+    }
+}
+
+impl Drop for ShimDirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+pub struct RuntimeShim {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl RuntimeShim {
+    /// Starts runtime-shim on `dirs`, mirroring every test-image registry to `registry`.
+    pub fn start(dirs: &ShimDirs, registry: &Registry) -> Result<Self> {
+        let log = dirs.base.join(format!("{}.log", unique_name("shim")));
+        let child = Command::new(bin_path("runtime-shim"))
+            .arg("--listen")
+            .arg(format!("unix://{}", dirs.socket().display()))
+            .arg("--root")
+            .arg(dirs.root())
+            .arg("--state")
+            .arg(dirs.base.join("state"))
+            .arg("--cni-conf-dir")
+            .arg(dirs.base.join("net.d"))
+            .args(registry.mirror_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawning runtime-shim (built by `cargo build`?)")?;
+        let mut shim = RuntimeShim {
+            child,
+            socket: dirs.socket(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&shim.socket).is_err() {
+            if let Some(status) = shim.child.try_wait()? {
+                bail!("runtime-shim exited with {status}: {}", shim.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("runtime-shim not serving after 20s: {}", shim.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(shim)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub async fn images(&self) -> Result<ImageServiceClient<Channel>> {
+        Ok(ImageServiceClient::new(connect(&self.socket).await?))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RuntimeShim {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// A tonic channel over a unix socket (the URI is a placeholder tonic requires).
+pub async fn connect(socket: &Path) -> Result<Channel> {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::1]:1")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .context("connecting to the CRI socket")
+}
