@@ -7,6 +7,8 @@
 #
 #   reference-node.sh run --dir D [--owner-pid P] --control-plane CP_DIR --node NAME
 #                     [--registry HOST:PORT] [--pod-cidr CIDR] [--kube-api-qps N]
+#   reference-node.sh run --dir D [--owner-pid P] --containerd-only [--registry HOST:PORT]
+#                     just the CRI runtime (for testing our kubelet against containerd)
 #   reference-node.sh start|stop --dir D [...]
 #
 # --registry: a registry.sh instance to use as mirror for registry.k8s.io, docker.io,
@@ -140,7 +142,7 @@ cmd_run() {
     parse_run_args "$@"
     DIR="$(cd "$RUN_DIR" && pwd)"
     RUN_DIR="$DIR"
-    local node="" registry="" cidr="10.88.0.0/24" qps=50
+    local node="" registry="" cidr="10.88.0.0/24" qps=50 containerd_only=0
     CP_DIR=""
     set -- "${RUN_ARGS[@]}"
     while [ $# -gt 0 ]; do
@@ -150,11 +152,13 @@ cmd_run() {
             --registry) registry="$2"; shift 2 ;;
             --pod-cidr) cidr="$2"; shift 2 ;;
             --kube-api-qps) qps="$2"; shift 2 ;;
+            --containerd-only) containerd_only=1; shift ;;
             *) die "unknown flag $1" ;;
         esac
     done
-    [ -n "$node" ] && [ -n "$CP_DIR" ] || die "--control-plane DIR and --node NAME are required"
-    [ -x "$KUBE_BIN_DIR/kubelet" ] || die "kubelet not built: run hack/build-kubernetes.sh"
+    [ -n "$node" ] || node="containerd-$$"
+    [ $containerd_only = 1 ] || [ -n "$CP_DIR" ] || die "--control-plane DIR is required (or --containerd-only)"
+    [ $containerd_only = 1 ] || [ -x "$KUBE_BIN_DIR/kubelet" ] || die "kubelet not built: run hack/build-kubernetes.sh"
     command -v containerd >/dev/null || die "containerd not installed: run hack/install-deps.sh"
     CGROUP_ROOT="nodert-ref-$node"
     PIDS=()
@@ -168,6 +172,13 @@ cmd_run() {
     PIDS+=($!)
     publish CONTAINERD_PID $!
     wait_for "containerd" 30 test -S "$DIR/containerd.sock"
+
+    publish CONTAINERD_SOCK "$DIR/containerd.sock"
+    if [ $containerd_only = 1 ]; then
+        log "containerd ready at $DIR/containerd.sock"
+        serve_until_stopped
+        return
+    fi
 
     local kubeconfig port
     kubeconfig="$("$REPO_ROOT/hack/control-plane.sh" node-credentials --dir "$CP_DIR" --node "$node")"
@@ -197,7 +208,6 @@ $(tail -20 "$DIR/kubelet.log")"
     }
     wait_for "node $node Ready" 120 node_ready
     publish NODE_NAME "$node"
-    publish CONTAINERD_SOCK "$DIR/containerd.sock"
     publish KUBELET_PORT "$port"
     log "reference node $node ready"
     serve_until_stopped

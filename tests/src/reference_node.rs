@@ -34,6 +34,17 @@ impl ReferenceNode {
         Ok(ReferenceNode { fixture })
     }
 
+    /// Only containerd (with its CRI plugin, CNI ptp/host-local and `registry` as
+    /// mirror): a known-good CRI runtime for testing our kubelet.
+    pub fn containerd_only(registry: &Registry) -> Result<Self> {
+        let fixture = ScriptFixture::start(
+            "reference-node.sh",
+            &["--containerd-only", "--registry", registry.addr()],
+            Duration::from_secs(60),
+        )?;
+        Ok(ReferenceNode { fixture })
+    }
+
     pub fn name(&self) -> &str {
         self.fixture
             .get("NODE_NAME")
