@@ -1,0 +1,116 @@
+//! The OCI runtime behind a trait, so the rest of the daemon never builds runc command
+//! lines and another runtime (crun, youki) could be slotted in.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+use tokio::process::Command;
+
+#[tonic::async_trait]
+pub trait OciRuntime: Send + Sync {
+    /// The command that creates container `id` from `bundle`; run by the container's
+    /// monitor, which owns its stdio.
+    fn create_command(&self, id: &str, bundle: &Path, pid_file: &Path) -> std::process::Command;
+    async fn start(&self, id: &str) -> Result<()>;
+    async fn kill(&self, id: &str, signal: i32) -> Result<()>;
+    /// Deletes the container; succeeds if it does not exist.
+    async fn delete(&self, id: &str) -> Result<()>;
+    /// The OCI `status` (`created`, `running`, `stopped`), `None` if unknown to runc.
+    async fn status(&self, id: &str) -> Result<Option<String>>;
+    /// A command running `args` inside the container (for ExecSync).
+    fn exec_command(&self, id: &str, process_json: &Path) -> Command;
+}
+
+pub struct Runc {
+    binary: PathBuf,
+    root: PathBuf,
+}
+
+impl Runc {
+    pub fn new(binary: PathBuf, root: PathBuf) -> Self {
+        Runc { binary, root }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.cmd()
+            .args(args)
+            .output()
+            .await
+            .with_context(|| format!("running {} {args:?}", self.binary.display()))
+    }
+}
+
+#[tonic::async_trait]
+impl OciRuntime for Runc {
+    fn create_command(&self, id: &str, bundle: &Path, pid_file: &Path) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.binary);
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(bundle.join("runc.log"))
+            .arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id);
+        c
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        let out = self.run(&["start", id]).await?;
+        if !out.status.success() {
+            bail!(
+                "runc start {id}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    async fn kill(&self, id: &str, signal: i32) -> Result<()> {
+        let out = self
+            .run(&["kill", "--all", id, &signal.to_string()])
+            .await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        // Already gone is what the caller wanted.
+        if !out.status.success() && !err.contains("not running") && !err.contains("does not exist")
+        {
+            bail!("runc kill {id}: {}", err.trim());
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        let out = self.run(&["delete", "--force", id]).await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && !err.contains("does not exist") {
+            bail!("runc delete {id}: {}", err.trim());
+        }
+        Ok(())
+    }
+
+    async fn status(&self, id: &str) -> Result<Option<String>> {
+        let out = self.run(&["state", id]).await?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing runc state")?;
+        Ok(v["status"].as_str().map(str::to_string))
+    }
+
+    fn exec_command(&self, id: &str, process_json: &Path) -> Command {
+        let mut c = self.cmd();
+        c.arg("exec").arg("--process").arg(process_json).arg(id);
+        c
+    }
+}
