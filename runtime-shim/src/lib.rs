@@ -4,4 +4,6 @@
 pub mod container;
 pub mod cri;
 pub mod image;
+pub mod runtime;
+pub mod sandbox;
 pub mod state;

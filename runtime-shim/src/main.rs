@@ -6,11 +6,16 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use runtime_shim::container::monitor;
+use runtime_shim::container::runc::Runc;
 use runtime_shim::cri::image_service::ImageServiceImpl;
+use runtime_shim::cri::runtime_service::RuntimeServiceImpl;
 use runtime_shim::cri::server;
 use runtime_shim::image::puller::Puller;
 use runtime_shim::image::registry::Mirrors;
 use runtime_shim::image::store::ImageStore;
+use runtime_shim::runtime::Runtime;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A CRI v1 container runtime")]
@@ -35,8 +40,20 @@ struct Args {
     state: PathBuf,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // The same binary is each container's monitor (see container::monitor): dispatch
+    // before any runtime or thread exists, since the monitor forks and reaps.
+    let mut argv = std::env::args();
+    if argv.nth(1).as_deref() == Some(monitor::MONITOR_ARG) {
+        monitor::run(&argv.next().unwrap_or_default());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(daemon())
+}
+
+async fn daemon() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -47,9 +64,22 @@ async fn main() -> Result<()> {
     let mirrors = Mirrors::parse(&args.registry_mirrors).map_err(anyhow::Error::msg)?;
     let store = ImageStore::open(&args.root.join("images"))
         .with_context(|| format!("opening the image store in {}", args.root.display()))?;
-    let puller = Arc::new(Puller::new(Arc::new(store), mirrors));
+    let store = Arc::new(store);
+    let puller = Arc::new(Puller::new(store.clone(), mirrors));
+    let runc = Runc::new("runc".into(), args.state.join("runc"));
+    let runtime = Runtime::open(
+        &args.root,
+        &args.state,
+        store,
+        Arc::new(runc),
+        &args.cni_conf_dir,
+    )
+    .with_context(|| format!("opening runtime state in {}", args.root.display()))?;
     let router = tonic::transport::Server::builder()
-        .add_service(ImageServiceServer::new(ImageServiceImpl::new(puller)));
+        .add_service(ImageServiceServer::new(ImageServiceImpl::new(puller)))
+        .add_service(RuntimeServiceServer::new(RuntimeServiceImpl::new(
+            Arc::new(runtime),
+        )));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("installing a SIGTERM handler");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::fixture::{bin_path, terminate, unique_name};
@@ -91,6 +92,16 @@ impl RuntimeShim {
 
     pub async fn images(&self) -> Result<ImageServiceClient<Channel>> {
         Ok(ImageServiceClient::new(connect(&self.socket).await?))
+    }
+
+    pub async fn runtime(&self) -> Result<RuntimeServiceClient<Channel>> {
+        Ok(RuntimeServiceClient::new(connect(&self.socket).await?))
+    }
+
+    /// Kills the daemon without letting it clean up, as a crash would.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {

@@ -130,7 +130,9 @@ fn monitor(spec_json: &str) -> io::Result<()> {
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w));
     let status = create.status()?;
-    // Our copies of the write ends are gone with `create`; the container holds its own.
+    // The Command still holds our copies of the pipes' write ends: close them, or the
+    // log pumps would never see EOF after the container exits.
+    drop(create);
     if !status.success() {
         let log = std::fs::read_to_string(spec.bundle.join("runc.log")).unwrap_or_default();
         let msg = log
@@ -138,7 +140,7 @@ fn monitor(spec_json: &str) -> io::Result<()> {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["level"] == "error")
             .filter_map(|v| v["msg"].as_str().map(str::to_string))
-            .last()
+            .next_back()
             .unwrap_or_else(|| format!("runc create exited with {status}"));
         write_atomic(&create_failed_file(&spec.bundle), msg.as_bytes())?;
         return Ok(());

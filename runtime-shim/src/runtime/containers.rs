@@ -1,0 +1,421 @@
+//! Container lifecycle. A container's live state is never cached: it is read from its
+//! monitor's files (`created`, `exit`) and its record, so a restarted daemon reports
+//! exactly what happened while it was away.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_cri::v1::ContainerConfig;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use super::{ContainerRecord, Result, Runtime, RuntimeError, SandboxState, new_id, now_nanos};
+use crate::container::monitor::{self, ExitRecord, MonitorSpec};
+use crate::container::spec::{self, SandboxContext};
+
+/// How long `runc create` may take before CreateContainer gives up.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerStatus {
+    Created,
+    Running,
+    Exited(ExitRecord),
+    /// The monitor is gone without recording an exit (killed from outside).
+    Unknown,
+}
+
+impl Runtime {
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: ContainerConfig,
+    ) -> Result<String> {
+        let sandbox = self
+            .sandboxes
+            .resolve(sandbox_id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("pod sandbox {sandbox_id} not found")))?;
+        if sandbox.state != SandboxState::Ready {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        let meta = config.metadata.clone().ok_or_else(|| {
+            RuntimeError::InvalidArgument("container config without metadata".into())
+        })?;
+        if meta.name.is_empty() {
+            return Err(RuntimeError::InvalidArgument(
+                "container name is empty".into(),
+            ));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let image = self.images.resolve(&image_name).ok_or_else(|| {
+            RuntimeError::NotFound(format!(
+                "image {image_name:?} is not present: pull it first"
+            ))
+        })?;
+        let _guard = self.lock.lock().await;
+        if let Some(dup) = self.containers.list().into_iter().find(|c| {
+            c.sandbox_id == sandbox.id
+                && c.config
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name == meta.name && m.attempt == meta.attempt)
+        }) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} attempt {} already exists in this sandbox as {}",
+                meta.name, meta.attempt, dup.id
+            )));
+        }
+
+        let id = new_id();
+        let dir = self.container_dir(&id);
+        let bundle = dir.join("bundle");
+        let rootfs = dir.join("rootfs");
+        let result =
+            async {
+                for d in [&bundle, &rootfs, &dir.join("upper"), &dir.join("work")] {
+                    std::fs::create_dir_all(d)?;
+                }
+                let lower: Vec<String> = image
+                    .layers
+                    .iter()
+                    .rev()
+                    .map(|l| self.images.layer_dir(l).display().to_string())
+                    .collect();
+                let opts = format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    lower.join(":"),
+                    dir.join("upper").display(),
+                    dir.join("work").display()
+                );
+                mount(
+                    Some("overlay"),
+                    &rootfs,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(opts.as_str()),
+                )
+                .context("mounting the container's overlay rootfs")?;
+
+                let sdir = self.sandbox_dir(&sandbox.id);
+                let ns = sandbox.namespaces.clone().unwrap_or(
+                    crate::sandbox::namespaces::PodNamespaces {
+                        net: None,
+                        ipc: None,
+                        uts: None,
+                    },
+                );
+                let ctx = SandboxContext {
+                    netns: ns.net.as_deref(),
+                    ipcns: ns.ipc.as_deref(),
+                    utsns: ns.uts.as_deref(),
+                    hostname: sandbox.config.hostname.as_str(),
+                    etc_files: vec![
+                        ("/etc/hosts", sdir.join("hosts")),
+                        ("/etc/resolv.conf", sdir.join("resolv.conf")),
+                        ("/etc/hostname", sdir.join("hostname")),
+                    ],
+                    cgroup_parent: sandbox
+                        .config
+                        .linux
+                        .as_ref()
+                        .map(|l| l.cgroup_parent.as_str())
+                        .unwrap_or(""),
+                    shm: None,
+                };
+                let built = spec::build(&id, &config, &image, &rootfs, &ctx)
+                    .map_err(|e| RuntimeError::InvalidArgument(format!("{e:#}")))?;
+                built
+                    .spec
+                    .save(bundle.join("config.json"))
+                    .context("writing config.json")?;
+                let log_path = if config.log_path.is_empty() {
+                    String::new()
+                } else {
+                    Path::new(&sandbox.config.log_directory)
+                        .join(&config.log_path)
+                        .display()
+                        .to_string()
+                };
+                let mspec = MonitorSpec {
+                    id: id.clone(),
+                    bundle: bundle.clone(),
+                    log_path: if log_path.is_empty() {
+                        dir.join("discarded.log")
+                    } else {
+                        PathBuf::from(&log_path)
+                    },
+                    create_argv: {
+                        let c = self
+                            .oci
+                            .create_command(&id, &bundle, &bundle.join("init.pid"));
+                        std::iter::once(c.get_program().to_string_lossy().into_owned())
+                            .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
+                            .collect()
+                    },
+                    memory_cgroup: Some(
+                        Path::new("/sys/fs/cgroup/memory")
+                            .join(built.cgroups_path.trim_start_matches('/')),
+                    ),
+                };
+                monitor::spawn(&mspec).context("starting the container monitor")?;
+                wait_created(&bundle).await?;
+                Ok::<_, RuntimeError>(ContainerRecord {
+                    id: id.clone(),
+                    sandbox_id: sandbox.id.clone(),
+                    config,
+                    image_id: image.id.to_string(),
+                    image_name: image_name.clone(),
+                    created_at: now_nanos(),
+                    started_at: None,
+                    log_path,
+                    cgroups_path: built.cgroups_path,
+                })
+            }
+            .await;
+        match result {
+            Ok(rec) => {
+                self.containers.put(&rec)?;
+                Ok(id)
+            }
+            Err(e) => {
+                let _ = self.oci.delete(&id).await;
+                let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let rec = self.container(id)?;
+        match self.container_status(&rec) {
+            ContainerStatus::Created => {}
+            other => {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "container {} is {other:?}, not created",
+                    rec.id
+                )));
+            }
+        }
+        self.oci.start(&rec.id).await?;
+        self.containers
+            .update(&rec.id, |r| r.started_at = Some(now_nanos()))?;
+        Ok(())
+    }
+
+    /// SIGTERM (or the image's STOPSIGNAL), SIGKILL after `timeout` seconds. Stopping a
+    /// stopped container succeeds.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let rec = self.container(id)?;
+        if matches!(self.container_status(&rec), ContainerStatus::Exited(_)) {
+            return Ok(());
+        }
+        let bundle = self.container_dir(&rec.id).join("bundle");
+        if timeout > 0 {
+            let sig = self
+                .images
+                .resolve(&rec.image_id)
+                .map(|i| stop_signal(&i.config.stop_signal))
+                .unwrap_or(libc::SIGTERM);
+            self.oci.kill(&rec.id, sig).await?;
+            if wait_exit(&bundle, Duration::from_secs(timeout as u64)).await {
+                return Ok(());
+            }
+        }
+        self.oci.kill(&rec.id, libc::SIGKILL).await?;
+        if !wait_exit(&bundle, Duration::from_secs(10)).await
+            && !matches!(self.container_status(&rec), ContainerStatus::Unknown)
+        {
+            return Err(RuntimeError::Internal(anyhow::anyhow!(
+                "container {} did not exit 10s after SIGKILL",
+                rec.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes the container (killing it if needed). Removing an unknown one succeeds.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.containers.resolve(id) else {
+            return Ok(());
+        };
+        if !matches!(self.container_status(&rec), ContainerStatus::Exited(_)) {
+            self.oci.kill(&rec.id, libc::SIGKILL).await?;
+            wait_exit(
+                &self.container_dir(&rec.id).join("bundle"),
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+        self.oci.delete(&rec.id).await?;
+        let dir = self.container_dir(&rec.id);
+        match umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(RuntimeError::Internal(anyhow::anyhow!(
+                    "unmounting the rootfs of {}: {e}",
+                    rec.id
+                )));
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        self.containers.remove(&rec.id)?;
+        Ok(())
+    }
+
+    pub fn container(&self, id: &str) -> Result<ContainerRecord> {
+        self.containers
+            .resolve(id)
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id} not found")))
+    }
+
+    pub fn list_container_records(&self) -> Vec<ContainerRecord> {
+        self.containers.list()
+    }
+
+    pub fn container_status(&self, rec: &ContainerRecord) -> ContainerStatus {
+        let bundle = self.container_dir(&rec.id).join("bundle");
+        if let Ok(data) = std::fs::read(monitor::exit_file(&bundle))
+            && let Ok(exit) = serde_json::from_slice::<ExitRecord>(&data)
+        {
+            return ContainerStatus::Exited(exit);
+        }
+        let monitor_alive = std::fs::read_to_string(monitor::monitor_pid_file(&bundle))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .is_some_and(|pid| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            });
+        if !monitor_alive {
+            return ContainerStatus::Unknown;
+        }
+        if rec.started_at.is_some() {
+            ContainerStatus::Running
+        } else {
+            ContainerStatus::Created
+        }
+    }
+
+    /// Runs a command in the container and collects its output (ExecSync).
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
+        let rec = self.container(id)?;
+        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        if cmd.is_empty() {
+            return Err(RuntimeError::InvalidArgument("exec needs a command".into()));
+        }
+        let process = self.exec_process_json(&rec, cmd)?;
+        let mut c = self.oci.exec_command(&rec.id, &process);
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = c.spawn().context("starting runc exec")?;
+        let out = match timeout {
+            Some(t) => match tokio::time::timeout(t, child.wait_with_output()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = std::fs::remove_file(&process);
+                    return Err(RuntimeError::FailedPrecondition(format!(
+                        "command timed out after {t:?}"
+                    )));
+                }
+            },
+            None => child.wait_with_output().await,
+        };
+        let _ = std::fs::remove_file(&process);
+        let out = out.context("waiting for runc exec")?;
+        let code = out.status.code().unwrap_or(255);
+        Ok((cap(out.stdout), cap(out.stderr), code))
+    }
+
+    /// The process.json for `runc exec`: the container's own env, user and cwd.
+    fn exec_process_json(&self, rec: &ContainerRecord, cmd: &[String]) -> Result<PathBuf> {
+        let bundle = self.container_dir(&rec.id).join("bundle");
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .context("reading config.json")?;
+        let mut process = spec.process().clone().unwrap_or_default();
+        process.set_args(Some(cmd.to_vec()));
+        process.set_terminal(Some(false));
+        let path = bundle.join(format!("exec-{}.json", &new_id()[..12]));
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&process).context("encoding process")?,
+        )?;
+        Ok(path)
+    }
+}
+
+/// ExecSync output is capped: a runaway command must not exhaust the daemon.
+fn cap(mut v: Vec<u8>) -> Vec<u8> {
+    const MAX: usize = 16 << 20;
+    v.truncate(MAX);
+    v
+}
+
+fn stop_signal(name: &str) -> i32 {
+    let n = name.trim().to_ascii_uppercase();
+    let n = n.strip_prefix("SIG").unwrap_or(&n);
+    if let Ok(num) = n.parse::<i32>() {
+        return num;
+    }
+    match n {
+        "KILL" => libc::SIGKILL,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "HUP" => libc::SIGHUP,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        _ => libc::SIGTERM,
+    }
+}
+
+async fn wait_created(bundle: &Path) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + CREATE_TIMEOUT;
+    loop {
+        if monitor::created_file(bundle).exists() {
+            return Ok(());
+        }
+        if let Ok(msg) = std::fs::read_to_string(monitor::create_failed_file(bundle)) {
+            return Err(RuntimeError::Internal(anyhow::anyhow!(
+                "runc create failed: {msg}"
+            )));
+        }
+        if tokio::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(bundle.join("monitor.log")).unwrap_or_default();
+            return Err(RuntimeError::Internal(anyhow::anyhow!(
+                "container not created after {CREATE_TIMEOUT:?}; monitor log: {log}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn wait_exit(bundle: &Path, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if monitor::exit_file(bundle).exists() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    monitor::exit_file(bundle).exists()
+}

@@ -1,0 +1,157 @@
+//! The runtime's core: sandboxes and containers as records on disk plus what the kernel
+//! and the monitors say about them. The CRI layer only translates to and from this.
+
+mod containers;
+mod sandboxes;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::container::runc::OciRuntime;
+use crate::image::store::ImageStore;
+use crate::sandbox::namespaces::PodNamespaces;
+use crate::state::records::{Record, RecordStore};
+
+pub use containers::ContainerStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub config: k8s_cri::v1::PodSandboxConfig,
+    pub runtime_handler: String,
+    pub created_at: i64,
+    pub state: SandboxState,
+    /// `None` once the namespaces are gone (after StopPodSandbox).
+    pub namespaces: Option<PodNamespaces>,
+    pub host_network: bool,
+}
+
+impl Record for SandboxRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub sandbox_id: String,
+    pub config: k8s_cri::v1::ContainerConfig,
+    /// The image ID (config digest) and the name it was asked for by.
+    pub image_id: String,
+    pub image_name: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    /// Absolute path of the CRI log file ("" when the kubelet asked for none).
+    pub log_path: String,
+    pub cgroups_path: String,
+}
+
+impl Record for ContainerRecord {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+pub struct Runtime {
+    pub(crate) root: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) images: Arc<ImageStore>,
+    pub(crate) sandboxes: RecordStore<SandboxRecord>,
+    pub(crate) containers: RecordStore<ContainerRecord>,
+    pub(crate) oci: Arc<dyn OciRuntime>,
+    pub(crate) cni_conf_dir: PathBuf,
+    /// Serialises create/remove of the same pod or container (retries of one request).
+    pub(crate) lock: tokio::sync::Mutex<()>,
+}
+
+impl Runtime {
+    pub fn open(
+        root: &Path,
+        state: &Path,
+        images: Arc<ImageStore>,
+        oci: Arc<dyn OciRuntime>,
+        cni_conf_dir: &Path,
+    ) -> std::io::Result<Self> {
+        Ok(Runtime {
+            root: root.to_path_buf(),
+            state: state.to_path_buf(),
+            images,
+            sandboxes: RecordStore::open(&root.join("sandboxes"))?,
+            containers: RecordStore::open(&root.join("containers"))?,
+            oci,
+            cni_conf_dir: cni_conf_dir.to_path_buf(),
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
+    }
+
+    /// Whether a CNI network configuration exists (NetworkReady).
+    pub fn network_configured(&self) -> bool {
+        std::fs::read_dir(&self.cni_conf_dir)
+            .map(|d| {
+                d.flatten().any(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.ends_with(".conf") || n.ends_with(".conflist") || n.ends_with(".json")
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.state.join("sandboxes").join(id)
+    }
+
+    pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+}
+
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i64
+}
+
+/// A 64-hex-character ID, like containerd's.
+pub(crate) fn new_id() -> String {
+    let mut buf = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("reading /dev/urandom");
+    hex::encode(buf)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<std::io::Error> for RuntimeError {
+    fn from(e: std::io::Error) -> Self {
+        RuntimeError::Internal(e.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;

@@ -1,0 +1,154 @@
+//! Pod sandbox lifecycle: RunPodSandbox, StopPodSandbox, RemovePodSandbox.
+
+use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
+
+use super::{Result, Runtime, RuntimeError, SandboxRecord, SandboxState, new_id, now_nanos};
+use crate::sandbox::{files, namespaces};
+
+/// Where a sandbox's network namespace is pinned (`ip netns` shows it).
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+fn same_pod(a: &PodSandboxConfig, b: &PodSandboxConfig) -> bool {
+    match (&a.metadata, &b.metadata) {
+        (Some(x), Some(y)) => {
+            x.name == y.name
+                && x.namespace == y.namespace
+                && x.uid == y.uid
+                && x.attempt == y.attempt
+        }
+        _ => false,
+    }
+}
+
+impl Runtime {
+    pub async fn run_sandbox(&self, config: PodSandboxConfig, handler: String) -> Result<String> {
+        let meta = config.metadata.clone().ok_or_else(|| {
+            RuntimeError::InvalidArgument("sandbox config without metadata".into())
+        })?;
+        if meta.name.is_empty() || meta.namespace.is_empty() || meta.uid.is_empty() {
+            return Err(RuntimeError::InvalidArgument(
+                "sandbox metadata needs name, namespace and uid".into(),
+            ));
+        }
+        let _guard = self.lock.lock().await;
+        // A kubelet that timed out and retried gets the sandbox it already has.
+        if let Some(existing) = self
+            .sandboxes
+            .list()
+            .into_iter()
+            .find(|s| s.state == SandboxState::Ready && same_pod(&s.config, &config))
+        {
+            return Ok(existing.id);
+        }
+        let id = new_id();
+        let ns_opts = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let host_network = ns_opts.network == NamespaceMode::Node as i32;
+        let host_ipc = ns_opts.ipc == NamespaceMode::Node as i32;
+        let dir = self.sandbox_dir(&id);
+        std::fs::create_dir_all(dir.join("ns"))?;
+        let hostname = if config.hostname.is_empty() {
+            meta.name.clone()
+        } else {
+            config.hostname.clone()
+        };
+        let netns = (!host_network)
+            .then(|| std::path::Path::new(NETNS_DIR).join(format!("runtime-shim-{}", &id[..16])));
+        let ipc = (!host_ipc).then(|| dir.join("ns/ipc"));
+        // hostNetwork pods see the node's hostname, as upstream.
+        let uts = (!host_network).then(|| dir.join("ns/uts"));
+        let created = (|| -> std::io::Result<_> {
+            let ns =
+                namespaces::create(netns.as_deref(), ipc.as_deref(), uts.as_deref(), &hostname)?;
+            let shown_hostname = if host_network {
+                nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            } else {
+                hostname.clone()
+            };
+            files::write_hostname(&dir, &shown_hostname)?;
+            files::write_hosts(&dir, &shown_hostname, None)?;
+            files::write_resolv_conf(&dir, config.dns_config.as_ref())?;
+            Ok(ns)
+        })();
+        let ns = match created {
+            Ok(ns) => ns,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(RuntimeError::Internal(anyhow::anyhow!(
+                    "creating the sandbox namespaces: {e}"
+                )));
+            }
+        };
+        let rec = SandboxRecord {
+            id: id.clone(),
+            config,
+            runtime_handler: handler,
+            created_at: now_nanos(),
+            state: SandboxState::Ready,
+            namespaces: Some(ns),
+            host_network,
+        };
+        self.sandboxes.put(&rec)?;
+        tracing::info!(sandbox = %id, pod = %format!("{}/{}", meta.namespace, meta.name), "sandbox ready");
+        Ok(id)
+    }
+
+    /// Stops every container of the sandbox and releases its namespaces. Idempotent.
+    pub async fn stop_sandbox(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.sandboxes.resolve(id) else {
+            return Err(RuntimeError::NotFound(format!(
+                "pod sandbox {id} not found"
+            )));
+        };
+        for c in self.containers.list() {
+            if c.sandbox_id == rec.id {
+                self.stop_container(&c.id, 0).await?;
+            }
+        }
+        let _guard = self.lock.lock().await;
+        if let Some(ns) = &rec.namespaces {
+            namespaces::remove(ns)?;
+        }
+        self.sandboxes.update(&rec.id, |r| {
+            r.state = SandboxState::NotReady;
+            r.namespaces = None;
+        })?;
+        Ok(())
+    }
+
+    /// Removes the sandbox and its containers. Removing an unknown sandbox succeeds.
+    pub async fn remove_sandbox(&self, id: &str) -> Result<()> {
+        let Some(rec) = self.sandboxes.resolve(id) else {
+            return Ok(());
+        };
+        for c in self.containers.list() {
+            if c.sandbox_id == rec.id {
+                self.remove_container(&c.id).await?;
+            }
+        }
+        let _guard = self.lock.lock().await;
+        if let Some(ns) = &rec.namespaces {
+            namespaces::remove(ns)?;
+        }
+        match std::fs::remove_dir_all(self.sandbox_dir(&rec.id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        self.sandboxes.remove(&rec.id)?;
+        Ok(())
+    }
+
+    pub fn sandbox(&self, id: &str) -> Option<SandboxRecord> {
+        self.sandboxes.resolve(id)
+    }
+
+    pub fn list_sandboxes(&self) -> Vec<SandboxRecord> {
+        self.sandboxes.list()
+    }
+}
