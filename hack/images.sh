@@ -118,12 +118,25 @@ REG_PID=$!
 wait_for "the seed registry" 30 curl -sf "http://127.0.0.1:$port/v2/"
 
 # push TAG NAME...: NAME is the upstream reference, stored under its host as a path prefix.
+# Each repository gets its own image (TAG plus a layer naming the repository), as in the
+# real registries: runtimes list every tag of an image ID, so repositories sharing one
+# image would report each other's tags. Tags within one repository do share it.
+declare -A REPO_IMAGE=()
 push() {
     local tag="$1"; shift
-    local name
+    local name repo variant
     for name in "$@"; do
+        repo="${name%:*}"
+        variant="${REPO_IMAGE[$repo]:-}"
+        if [ -z "$variant" ]; then
+            variant="repo${#REPO_IMAGE[@]}"
+            mkdir -p "$WORK/$variant/etc"
+            echo "$repo" >"$WORK/$variant/etc/nodert-image"
+            image "$variant" "$tag" "$WORK/$variant"
+            REPO_IMAGE[$repo]="$variant"
+        fi
         skopeo --insecure-policy copy -q --dest-tls-verify=false \
-            "oci:$LAYOUT:$tag" "docker://127.0.0.1:$port/$name"
+            "oci:$LAYOUT:$variant" "docker://127.0.0.1:$port/$name"
         echo "$name" >>"$SEED/images.txt"
     done
 }

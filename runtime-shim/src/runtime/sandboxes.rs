@@ -51,11 +51,23 @@ impl Runtime {
         let host_ipc = ns_opts.ipc == NamespaceMode::Node as i32;
         let dir = self.sandbox_dir(&id);
         std::fs::create_dir_all(dir.join("ns"))?;
+        // No hostname in the config means the node's, as containerd does (pod names can
+        // be longer than the 64 bytes a hostname may have).
+        let node_hostname = || {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
         let hostname = if config.hostname.is_empty() {
-            meta.name.clone()
+            node_hostname()
         } else {
             config.hostname.clone()
         };
+        if hostname.len() > 64 {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "hostname {hostname:?} is longer than 64 bytes"
+            )));
+        }
         let netns = (!host_network)
             .then(|| std::path::Path::new(NETNS_DIR).join(format!("runtime-shim-{}", &id[..16])));
         let ipc = (!host_ipc).then(|| dir.join("ns/ipc"));
@@ -65,9 +77,7 @@ impl Runtime {
             let ns =
                 namespaces::create(netns.as_deref(), ipc.as_deref(), uts.as_deref(), &hostname)?;
             let shown_hostname = if host_network {
-                nix::unistd::gethostname()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_default()
+                node_hostname()
             } else {
                 hostname.clone()
             };
