@@ -16,6 +16,7 @@ use runtime_shim::image::puller::Puller;
 use runtime_shim::image::registry::Mirrors;
 use runtime_shim::image::store::ImageStore;
 use runtime_shim::runtime::Runtime;
+use runtime_shim::sandbox::cni::Cni;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A CRI v1 container runtime")]
@@ -35,6 +36,9 @@ struct Args {
     /// Persistent state: images, container metadata.
     #[arg(long, default_value = "/var/lib/runtime-shim")]
     root: PathBuf,
+    /// Where CNI results are cached (libcni's location and format).
+    #[arg(long, default_value = runtime_shim::sandbox::cni::CACHE_DIR)]
+    cni_cache_dir: PathBuf,
     /// Runtime state that does not survive a reboot: sockets, monitors.
     #[arg(long, default_value = "/run/runtime-shim")]
     state: PathBuf,
@@ -67,12 +71,22 @@ async fn daemon() -> Result<()> {
     let store = Arc::new(store);
     let puller = Arc::new(Puller::new(store.clone(), mirrors));
     let runc = Runc::new("runc".into(), args.state.join("runc"));
+    let cni = Cni {
+        bin_dirs: args
+            .cni_bin_dir
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .collect(),
+        cache_dir: args.cni_cache_dir.clone(),
+    };
     let runtime = Runtime::open(
         &args.root,
         &args.state,
         store,
         Arc::new(runc),
         &args.cni_conf_dir,
+        cni,
     )
     .with_context(|| format!("opening runtime state in {}", args.root.display()))?;
     let router = tonic::transport::Server::builder()

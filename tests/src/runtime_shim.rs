@@ -31,6 +31,9 @@ impl ShimDirs {
     pub fn root(&self) -> PathBuf {
         self.base.join("root")
     }
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.base.join("net.d")
+    }
 }
 
 impl Drop for ShimDirs {
@@ -57,7 +60,15 @@ impl RuntimeShim {
             .arg("--state")
             .arg(dirs.base.join("state"))
             .arg("--cni-conf-dir")
-            .arg(dirs.base.join("net.d"))
+            .arg(dirs.cni_conf_dir())
+            .arg("--cni-cache-dir")
+            .arg(dirs.base.join("cni-cache"))
+            // Debian's reference plugins, and ours.
+            .arg("--cni-bin-dir")
+            .arg(format!(
+                "/usr/lib/cni:{}",
+                bin_path("vpc-cni").parent().unwrap().display()
+            ))
             .args(registry.mirror_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -187,7 +187,14 @@ impl RuntimeService for RuntimeServiceImpl {
                 metadata: s.config.metadata.clone(),
                 state: state as i32,
                 created_at: s.created_at,
-                network: Some(PodSandboxNetworkStatus::default()),
+                network: Some(PodSandboxNetworkStatus {
+                    ip: s
+                        .network
+                        .as_ref()
+                        .and_then(|n| n.ip.clone())
+                        .unwrap_or_default(),
+                    additional_ips: vec![],
+                }),
                 linux: Some(LinuxPodSandboxStatus {
                     namespaces: Some(Namespace { options: ns_opts }),
                 }),

@@ -32,6 +32,16 @@ pub struct SandboxRecord {
     /// `None` once the namespaces are gone (after StopPodSandbox).
     pub namespaces: Option<PodNamespaces>,
     pub host_network: bool,
+    /// The pod network, while attached: what DEL needs even if the conf dir changed.
+    pub network: Option<PodNetwork>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodNetwork {
+    pub attachment: crate::sandbox::cni::Attachment,
+    /// The network configuration ADD ran with.
+    pub config: String,
+    pub ip: Option<String>,
 }
 
 impl Record for SandboxRecord {
@@ -69,6 +79,7 @@ pub struct Runtime {
     pub(crate) containers: RecordStore<ContainerRecord>,
     pub(crate) oci: Arc<dyn OciRuntime>,
     pub(crate) cni_conf_dir: PathBuf,
+    pub(crate) cni: crate::sandbox::cni::Cni,
     /// Serialises create/remove of the same pod or container (retries of one request).
     pub(crate) lock: tokio::sync::Mutex<()>,
 }
@@ -80,6 +91,7 @@ impl Runtime {
         images: Arc<ImageStore>,
         oci: Arc<dyn OciRuntime>,
         cni_conf_dir: &Path,
+        cni: crate::sandbox::cni::Cni,
     ) -> std::io::Result<Self> {
         Ok(Runtime {
             root: root.to_path_buf(),
@@ -89,6 +101,7 @@ impl Runtime {
             containers: RecordStore::open(&root.join("containers"))?,
             oci,
             cni_conf_dir: cni_conf_dir.to_path_buf(),
+            cni,
             lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -97,17 +110,9 @@ impl Runtime {
         &self.images
     }
 
-    /// Whether a CNI network configuration exists (NetworkReady).
+    /// Whether a valid CNI network configuration exists (NetworkReady).
     pub fn network_configured(&self) -> bool {
-        std::fs::read_dir(&self.cni_conf_dir)
-            .map(|d| {
-                d.flatten().any(|e| {
-                    let n = e.file_name();
-                    let n = n.to_string_lossy();
-                    n.ends_with(".conf") || n.ends_with(".conflist") || n.ends_with(".json")
-                })
-            })
-            .unwrap_or(false)
+        matches!(crate::sandbox::cni::load(&self.cni_conf_dir), Ok(Some(_)))
     }
 
     pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {

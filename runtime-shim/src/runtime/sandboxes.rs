@@ -2,8 +2,10 @@
 
 use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 
-use super::{Result, Runtime, RuntimeError, SandboxRecord, SandboxState, new_id, now_nanos};
-use crate::sandbox::{files, namespaces};
+use super::{
+    PodNetwork, Result, Runtime, RuntimeError, SandboxRecord, SandboxState, new_id, now_nanos,
+};
+use crate::sandbox::{cni, files, namespaces};
 
 /// Where a sandbox's network namespace is pinned (`ip netns` shows it).
 pub const NETNS_DIR: &str = "/var/run/netns";
@@ -95,6 +97,20 @@ impl Runtime {
                 )));
             }
         };
+        let network = match &ns.net {
+            Some(netns) => match self.attach_network(&id, netns, &config).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = namespaces::remove(&ns);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        if let Some(ip) = network.as_ref().and_then(|n| n.ip.as_deref()) {
+            files::write_hosts(&dir, &hostname, Some(ip))?;
+        }
         let rec = SandboxRecord {
             id: id.clone(),
             config,
@@ -103,6 +119,7 @@ impl Runtime {
             state: SandboxState::Ready,
             namespaces: Some(ns),
             host_network,
+            network,
         };
         self.sandboxes.put(&rec)?;
         tracing::info!(sandbox = %id, pod = %format!("{}/{}", meta.namespace, meta.name), "sandbox ready");
@@ -122,6 +139,10 @@ impl Runtime {
             }
         }
         let _guard = self.lock.lock().await;
+        if let Some(net) = &rec.network {
+            self.detach_network(net).await?;
+            self.sandboxes.update(&rec.id, |r| r.network = None)?;
+        }
         if let Some(ns) = &rec.namespaces {
             namespaces::remove(ns)?;
         }
@@ -130,6 +151,67 @@ impl Runtime {
             r.namespaces = None;
         })?;
         Ok(())
+    }
+
+    /// CNI ADD for a new sandbox; `None` when no network is configured (the pod only
+    /// has loopback, and Status reports NetworkReady=false).
+    async fn attach_network(
+        &self,
+        id: &str,
+        netns: &std::path::Path,
+        config: &PodSandboxConfig,
+    ) -> Result<Option<PodNetwork>> {
+        let Some(net) = cni::load(&self.cni_conf_dir)? else {
+            return Ok(None);
+        };
+        let meta = config.metadata.clone().unwrap_or_default();
+        let mut capability_args = serde_json::Map::new();
+        if !config.port_mappings.is_empty() {
+            let pm: Vec<serde_json::Value> = config
+                .port_mappings
+                .iter()
+                .filter(|p| p.host_port > 0)
+                .map(|p| {
+                    serde_json::json!({
+                        "hostPort": p.host_port,
+                        "containerPort": p.container_port,
+                        "protocol": match p.protocol { 1 => "udp", 2 => "sctp", _ => "tcp" },
+                        "hostIP": p.host_ip,
+                    })
+                })
+                .collect();
+            capability_args.insert("portMappings".into(), pm.into());
+        }
+        let attachment = cni::Attachment {
+            container_id: id.to_string(),
+            netns: netns.to_path_buf(),
+            ifname: "eth0".into(),
+            pod_namespace: meta.namespace,
+            pod_name: meta.name,
+            pod_uid: meta.uid,
+            capability_args,
+        };
+        let result = self
+            .cni
+            .add(&net, &attachment)
+            .await
+            .map_err(|e| RuntimeError::Internal(e.context("setting up the pod network")))?;
+        Ok(Some(PodNetwork {
+            ip: cni::pod_ip(&result),
+            attachment,
+            config: String::from_utf8_lossy(&net.bytes).into_owned(),
+        }))
+    }
+
+    async fn detach_network(&self, net: &PodNetwork) -> Result<()> {
+        let is_list = serde_json::from_str::<serde_json::Value>(&net.config)
+            .map(|v| v.get("plugins").is_some())
+            .unwrap_or(false);
+        let config = cni::parse(net.config.as_bytes(), is_list)?;
+        self.cni
+            .del(&config, &net.attachment)
+            .await
+            .map_err(|e| RuntimeError::Internal(e.context("tearing down the pod network")))
     }
 
     /// Removes the sandbox and its containers. Removing an unknown sandbox succeeds.
@@ -143,6 +225,9 @@ impl Runtime {
             }
         }
         let _guard = self.lock.lock().await;
+        if let Some(net) = &rec.network {
+            self.detach_network(net).await?;
+        }
         if let Some(ns) = &rec.namespaces {
             namespaces::remove(ns)?;
         }

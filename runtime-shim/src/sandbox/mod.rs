@@ -1,3 +1,4 @@
 //! Pod sandboxes: pinned namespaces and the per-pod files containers bind-mount.
+pub mod cni;
 pub mod files;
 pub mod namespaces;
