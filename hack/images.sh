@@ -148,6 +148,7 @@ push busybox registry.k8s.io/e2e-test-images/busybox:1.29-2 docker.io/library/bu
     "$CRI_TOOLS/test-image-latest:latest" "$CRI_TOOLS/test-image-tag:test" "$CRI_TOOLS/test-image-tag:all" \
     "$CRI_TOOLS/test-image-tags:1" "$CRI_TOOLS/test-image-tags:2" "$CRI_TOOLS/test-image-tags:3"
 push web registry.k8s.io/e2e-test-images/nginx:1.14-2 docker.io/library/nginx:latest \
+    registry.k8s.io/e2e-test-images/httpd:2.4.39-4 \
     "$CRI_TOOLS/hostnet-nginx-amd64:latest"
 for n in 1 2 3; do push "marker$n" "$CRI_TOOLS/test-image-$n:latest"; done
 push user-uid "$CRI_TOOLS/test-image-user-uid:latest"

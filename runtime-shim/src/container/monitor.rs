@@ -57,8 +57,9 @@ pub fn monitor_pid_file(bundle: &Path) -> PathBuf {
 /// Starts a monitor for `spec` detached from the daemon (own session, no stdio).
 pub fn spawn(spec: &MonitorSpec) -> io::Result<u32> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe()?;
-    let mut cmd = std::process::Command::new(exe);
+    // /proc/self/exe, not the path: it still runs this very binary after an upgrade
+    // replaced (or a rebuild deleted) the file on disk.
+    let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg(MONITOR_ARG)
         .arg(serde_json::to_string(spec)?)
         .stdin(Stdio::null())
