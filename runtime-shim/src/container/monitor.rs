@@ -139,9 +139,15 @@ fn monitor(spec_json: &str) -> io::Result<()> {
         let msg = log
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["level"] == "error")
+            .filter(|v| v["level"] == "error" || v["level"] == "fatal")
             .filter_map(|v| v["msg"].as_str().map(str::to_string))
             .next_back()
+            .or_else(|| {
+                log.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| format!("runc create exited with {status}"));
         write_atomic(&create_failed_file(&spec.bundle), msg.as_bytes())?;
         return Ok(());

@@ -291,10 +291,7 @@ fn capabilities(
         serde_json::from_value(serde_json::Value::String(n))
             .map_err(|_| anyhow::anyhow!("unknown capability {name}"))
     };
-    let all = || -> Vec<Capability> {
-        use strum_like_all::ALL;
-        ALL.to_vec()
-    };
+    let all = strum_like_all::held;
     let mut caps: std::collections::HashSet<Capability> = if sec.privileged {
         all().into_iter().collect()
     } else {
@@ -319,52 +316,70 @@ fn capabilities(
     Ok(caps.into_iter().collect())
 }
 
-/// Every capability oci-spec knows, for privileged containers and `add: [ALL]`.
+/// Every capability, in kernel numbering (the index is the capability's number).
 mod strum_like_all {
     use oci_spec::runtime::Capability::{self, *};
     pub const ALL: [Capability; 41] = [
-        AuditControl,
-        AuditRead,
-        AuditWrite,
-        BlockSuspend,
-        Bpf,
-        CheckpointRestore,
         Chown,
         DacOverride,
         DacReadSearch,
         Fowner,
         Fsetid,
-        IpcLock,
-        IpcOwner,
         Kill,
-        Lease,
+        Setgid,
+        Setuid,
+        Setpcap,
         LinuxImmutable,
-        MacAdmin,
-        MacOverride,
-        Mknod,
-        NetAdmin,
         NetBindService,
         NetBroadcast,
+        NetAdmin,
         NetRaw,
-        Perfmon,
-        Setgid,
-        Setfcap,
-        Setpcap,
-        Setuid,
+        IpcLock,
+        IpcOwner,
+        SysModule,
+        SysRawio,
+        SysChroot,
+        SysPtrace,
+        SysPacct,
         SysAdmin,
         SysBoot,
-        SysChroot,
-        SysModule,
         SysNice,
-        SysPacct,
-        SysPtrace,
-        SysRawio,
         SysResource,
         SysTime,
         SysTtyConfig,
+        Mknod,
+        Lease,
+        AuditWrite,
+        AuditControl,
+        Setfcap,
+        MacOverride,
+        MacAdmin,
         Syslog,
         WakeAlarm,
+        BlockSuspend,
+        AuditRead,
+        Perfmon,
+        Bpf,
+        CheckpointRestore,
     ];
+
+    /// "All" means all that we hold: a container cannot get a capability missing from
+    /// the runtime's own bounding set (runc then fails with "unable to apply caps").
+    pub fn held() -> Vec<Capability> {
+        let bounding = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(u64::MAX);
+        ALL.iter()
+            .enumerate()
+            .filter(|(i, _)| bounding & (1u64 << i) != 0)
+            .map(|(_, c)| *c)
+            .collect()
+    }
 }
 
 pub struct ResolvedUser {
@@ -510,6 +525,6 @@ mod tests {
         assert!(capabilities(&sec).is_err());
         sec.privileged = true;
         sec.capabilities = None;
-        assert_eq!(capabilities(&sec).unwrap().len(), 41);
+        assert_eq!(capabilities(&sec).unwrap(), strum_like_all::held());
     }
 }
