@@ -4,3 +4,4 @@ pub mod logs;
 pub mod monitor;
 pub mod runc;
 pub mod spec;
+pub mod stats;

@@ -158,6 +158,18 @@ fn monitor(spec_json: &str) -> io::Result<()> {
         .map_err(io::Error::other)?;
     write_atomic(&created_file(&spec.bundle), init_pid.to_string().as_bytes())?;
 
+    // Reopen promptly on SIGUSR1 even when the container is silent.
+    {
+        let writer = writer.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                if REOPEN.swap(false, Ordering::Relaxed) {
+                    let _ = writer.lock().unwrap().reopen();
+                }
+            }
+        });
+    }
     let pumps = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)].map(|(fd, stream)| {
         let writer = writer.clone();
         std::thread::spawn(move || pump(fd, stream, &writer))

@@ -27,6 +27,8 @@ pub struct SandboxContext<'a> {
     /// cgroupfs parent from the sandbox config (`/kubepods/...`), if any.
     pub cgroup_parent: &'a str,
     pub shm: Option<&'a Path>,
+    /// Namespaced sysctls of the pod, applied in every container (runc sets them).
+    pub sysctls: HashMap<String, String>,
 }
 
 /// The oom_score_adj this process runs with; children may not go lower here
@@ -180,10 +182,17 @@ pub fn build(
     }
     spec.set_mounts(Some(mounts));
 
-    let mut namespaces: Vec<LinuxNamespace> = vec![
-        ns(LinuxNamespaceType::Pid, None)?,
-        ns(LinuxNamespaceType::Mount, None)?,
-    ];
+    let pid_mode = sec
+        .namespace_options
+        .as_ref()
+        .map(|n| n.pid)
+        .unwrap_or_default();
+    let mut namespaces: Vec<LinuxNamespace> = vec![ns(LinuxNamespaceType::Mount, None)?];
+    // hostPID: no PID namespace at all; POD sharing is not supported yet (it needs an
+    // infra process) and falls back to one namespace per container.
+    if pid_mode != k8s_cri::v1::NamespaceMode::Node as i32 {
+        namespaces.push(ns(LinuxNamespaceType::Pid, None)?);
+    }
     for (typ, path) in [
         (LinuxNamespaceType::Network, sandbox.netns),
         (LinuxNamespaceType::Ipc, sandbox.ipcns),
@@ -222,7 +231,7 @@ pub fn build(
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&cgroups_path))
         .resources(res.build()?)
-        .sysctl(HashMap::new());
+        .sysctl(sandbox.sysctls.clone());
     if !sec.privileged {
         let masked = if sec.masked_paths.is_empty() {
             default_linux.masked_paths().clone().unwrap_or_default()
@@ -525,6 +534,7 @@ mod tests {
         assert!(capabilities(&sec).is_err());
         sec.privileged = true;
         sec.capabilities = None;
-        assert_eq!(capabilities(&sec).unwrap(), strum_like_all::held());
+        let held: std::collections::HashSet<_> = strum_like_all::held().into_iter().collect();
+        assert_eq!(capabilities(&sec).unwrap(), held);
     }
 }

@@ -53,6 +53,41 @@ impl RuntimeServiceImpl {
         (state, live)
     }
 
+    fn stats(&self, rec: &ContainerRecord) -> ContainerStats {
+        let u = self.rt.container_usage(rec);
+        let now = crate::runtime::now_nanos();
+        let v = |value| Some(UInt64Value { value });
+        ContainerStats {
+            attributes: Some(ContainerAttributes {
+                id: rec.id.clone(),
+                metadata: rec.config.metadata.clone(),
+                labels: rec.config.labels.clone(),
+                annotations: rec.config.annotations.clone(),
+            }),
+            cpu: Some(CpuUsage {
+                timestamp: now,
+                usage_core_nano_seconds: v(u.cpu_nanos),
+                usage_nano_cores: None,
+            }),
+            memory: Some(MemoryUsage {
+                timestamp: now,
+                working_set_bytes: v(u.working_set),
+                usage_bytes: v(u.memory_usage),
+                rss_bytes: v(u.rss),
+                ..Default::default()
+            }),
+            writable_layer: Some(FilesystemUsage {
+                timestamp: now,
+                fs_id: Some(FilesystemIdentifier {
+                    mountpoint: self.rt.images().root().display().to_string(),
+                }),
+                used_bytes: v(u.writable_bytes),
+                inodes_used: v(u.writable_inodes),
+            }),
+            swap: None,
+        }
+    }
+
     fn to_container(&self, rec: &ContainerRecord) -> Container {
         let (state, _) = self.container_state(rec);
         Container {
@@ -384,9 +419,13 @@ impl RuntimeService for RuntimeServiceImpl {
 
     async fn reopen_container_log(
         &self,
-        _r: Request<ReopenContainerLogRequest>,
+        r: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        unimplemented("ReopenContainerLog")
+        self.rt
+            .reopen_log(&r.into_inner().container_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
     async fn exec(&self, _r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
@@ -406,16 +445,34 @@ impl RuntimeService for RuntimeServiceImpl {
 
     async fn container_stats(
         &self,
-        _r: Request<ContainerStatsRequest>,
+        r: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        unimplemented("ContainerStats")
+        let rec = self
+            .rt
+            .container(&r.into_inner().container_id)
+            .map_err(status)?;
+        Ok(Response::new(ContainerStatsResponse {
+            stats: Some(self.stats(&rec)),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _r: Request<ListContainerStatsRequest>,
+        r: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        unimplemented("ListContainerStats")
+        let filter = r.into_inner().filter.unwrap_or_default();
+        let stats = self
+            .rt
+            .list_container_records()
+            .iter()
+            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
+            .filter(|c| {
+                filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .filter(|c| labels_match(&c.config.labels, &filter.label_selector))
+            .map(|c| self.stats(c))
+            .collect();
+        Ok(Response::new(ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(

@@ -128,6 +128,12 @@ impl Runtime {
                         .map(|l| l.cgroup_parent.as_str())
                         .unwrap_or(""),
                     shm: None,
+                    sysctls: sandbox
+                        .config
+                        .linux
+                        .as_ref()
+                        .map(|l| l.sysctls.clone())
+                        .unwrap_or_default(),
                 };
                 let built = spec::build(&id, &config, &image, &rootfs, &ctx)
                     .map_err(|e| RuntimeError::InvalidArgument(format!("{e:#}")))?;
@@ -270,6 +276,40 @@ impl Runtime {
             _ => {}
         }
         self.containers.remove(&rec.id)?;
+        Ok(())
+    }
+
+    pub fn container_usage(&self, rec: &ContainerRecord) -> crate::container::stats::Usage {
+        crate::container::stats::collect(
+            &rec.cgroups_path,
+            &self.container_dir(&rec.id).join("upper"),
+        )
+    }
+
+    /// Asks the monitor to reopen the log file (after the kubelet rotated it).
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let rec = self.container(id)?;
+        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let bundle = self.container_dir(&rec.id).join("bundle");
+        let pid: i32 = std::fs::read_to_string(monitor::monitor_pid_file(&bundle))?
+            .trim()
+            .parse()
+            .map_err(|e| RuntimeError::Internal(anyhow::anyhow!("monitor pid: {e}")))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .map_err(|e| RuntimeError::Internal(anyhow::anyhow!("signalling the monitor: {e}")))?;
+        // The monitor reopens at once, so the file exists when we answer.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !Path::new(&rec.log_path).exists() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(())
     }
 

@@ -124,7 +124,7 @@ impl Runtime {
     }
 }
 
-pub(crate) fn now_nanos() -> i64 {
+pub fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
