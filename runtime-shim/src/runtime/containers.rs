@@ -210,9 +210,12 @@ impl Runtime {
                 )));
             }
         }
+        // Taken before `runc start`: a short-lived container can exit (and its monitor
+        // record the finish time) before runc returns.
+        let started_at = now_nanos();
         self.oci.start(&rec.id).await?;
         self.containers
-            .update(&rec.id, |r| r.started_at = Some(now_nanos()))?;
+            .update(&rec.id, |r| r.started_at = Some(started_at))?;
         Ok(())
     }
 
