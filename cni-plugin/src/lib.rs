@@ -2,4 +2,7 @@
 
 pub mod aws;
 pub mod cni;
+pub mod ipam;
 pub mod net;
+pub mod plugin;
+pub mod rpc;

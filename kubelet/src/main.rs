@@ -1,6 +1,140 @@
-//! `kubelet`: the node agent. Registers the Node, keeps its Lease, and runs the pods
-//! bound to this node through a CRI v1 runtime.
+//! `kubelet`: the node agent. Registers the Node, keeps its Lease, and reports the
+//! node's status from a CRI v1 runtime until SIGTERM.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use k8s_openapi::api::core::v1::Node;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+use kubelet::config::{Flags, KubeletConfigFile, Settings};
+use kubelet::cri::CriClient;
+use kubelet::node::StatusReporter;
+use kubelet::node::lease::LeaseKeeper;
+
 fn main() {
-    eprintln!("kubelet: not implemented yet");
-    std::process::exit(1);
+    let (args, unsupported) = kubelet::config::flags::strip_unsupported(std::env::args());
+    let flags = Flags::parse_from(args);
+    init_logging(flags.verbosity);
+    for flag in unsupported {
+        tracing::warn!(flag = %format!("--{flag}"), "upstream kubelet flag not supported by this kubelet; ignored");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // The node agent is mostly idle waiting on the network; two workers are plenty
+        // and keep its footprint small.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    if let Err(e) = runtime.block_on(run(flags)) {
+        tracing::error!("{e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Logs to stderr; `--v` maps klog verbosity onto levels, RUST_LOG overrides it.
+fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0..=3 => "info",
+        4..=5 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},hyper=info,h2=info,tower=info,rustls=info,kube_client=info"
+        ))
+    });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .init();
+}
+
+async fn run(flags: Flags) -> Result<()> {
+    let file = flags
+        .config
+        .as_deref()
+        .map(KubeletConfigFile::load)
+        .transpose()?;
+    let hostname = nix::unistd::gethostname()
+        .context("reading the hostname")?
+        .to_string_lossy()
+        .into_owned();
+    let settings = Settings::resolve(flags, file, &hostname)?;
+    info!(node = %settings.node_name, runtime = %settings.runtime_socket.display(), "starting kubelet");
+    std::fs::create_dir_all(&settings.root_dir)
+        .with_context(|| format!("creating --root-dir {}", settings.root_dir.display()))?;
+
+    let kubeconfig = Kubeconfig::read_from(&settings.kubeconfig)
+        .with_context(|| format!("reading --kubeconfig {}", settings.kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .context("loading the kubeconfig")?;
+    let client = kube::Client::try_from(config).context("building the API client")?;
+    let cri = CriClient::new(&settings.runtime_socket)?;
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut reporter = StatusReporter::new(
+        kube::Api::<Node>::all(client.clone()),
+        settings.clone(),
+        cri.clone(),
+    );
+    let node = tokio::select! {
+        node = reporter.register() => node?,
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    };
+    let uid = node
+        .metadata
+        .uid
+        .clone()
+        .context("the API server returned a Node without uid")?;
+
+    let lease = LeaseKeeper::new(
+        client.clone(),
+        &settings.node_name,
+        &uid,
+        settings.node_lease_duration_seconds,
+    );
+    let lease_task = tokio::spawn(lease.run());
+    let pods_task = {
+        let host_ip = settings
+            .node_ip
+            .or_else(kubelet::node::host::default_ipv4)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let runtime_name = cri
+            .version()
+            .await
+            .map(|v| v.runtime_name)
+            .unwrap_or_else(|_| "cri".into());
+        let ctx = kubelet::pods::PodContext {
+            client: client.clone(),
+            cri: cri.clone(),
+            host_ip,
+            // clusterDNS/clusterDomain are not read from the config yet: pods get the
+            // node's resolv.conf (dnsPolicy Default behaviour).
+            cluster_dns: vec![],
+            cluster_domain: "cluster.local".into(),
+            runtime_name,
+            uid: String::new(),
+        };
+        let node_name = settings.node_name.clone();
+        tokio::spawn(async move { kubelet::pods::run(ctx, &node_name).await })
+    };
+    let status_task = tokio::spawn(reporter.run());
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => info!("SIGINT: shutting down"),
+    }
+    // Nothing to flush: the Lease simply expires and the Node keeps its last status,
+    // as when upstream's kubelet stops.
+    lease_task.abort();
+    // Containers keep running: a restarted kubelet adopts them.
+    pods_task.abort();
+    status_task.abort();
+    Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod control_plane;
 pub mod ec2;
 pub mod fixture;
+pub mod kubelet;
 pub mod reference_node;
 pub mod registry;
 pub mod runtime_shim;

@@ -4,8 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use cni_plugin::aws::limits::{MaxPodsOptions, max_pods};
+use cni_plugin::ipam::{PodCidrIpam, now_ms};
+use cni_plugin::rpc::{self, DEFAULT_SOCKET, DEFAULT_STATE_DIR, PodCidrService};
+use ipnet::Ipv4Net;
 
 #[derive(Debug, Parser)]
 #[command(name = "ipamd", version, about)]
@@ -46,8 +50,6 @@ enum Mode {
     Podcidr,
 }
 
-// Parsed now so deployment manifests can be written against the final interface.
-#[allow(dead_code)]
 #[derive(Debug, clap::Args)]
 struct DaemonArgs {
     #[arg(long, value_enum, default_value_t = Mode::Eni)]
@@ -61,10 +63,12 @@ struct DaemonArgs {
     /// Where allocations are persisted across restarts.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Override the EC2 API endpoint (tests use an emulator).
+    /// Override the EC2 API endpoint (tests use an emulator); eni mode only.
+    #[allow(dead_code)]
     #[arg(long)]
     ec2_endpoint: Option<String>,
-    /// Override the instance metadata endpoint.
+    /// Override the instance metadata endpoint; eni mode only.
+    #[allow(dead_code)]
     #[arg(long)]
     imds_endpoint: Option<String>,
 }
@@ -88,9 +92,77 @@ fn main() -> ExitCode {
                 }
             }
         }
-        None => {
-            eprintln!("ipamd daemon: not implemented yet");
-            ExitCode::FAILURE
-        }
+        None => match daemon(cli.daemon) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ipamd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match args.mode {
+        Mode::Eni => bail!("eni mode not implemented yet"),
+        Mode::Podcidr => {}
+    }
+    let cidr: Ipv4Net = args
+        .pod_cidr
+        .as_deref()
+        .context("--pod-cidr is required in podcidr mode")?
+        .parse()
+        .context("--pod-cidr must be an IPv4 CIDR such as 10.244.1.0/24")?;
+    let socket = rpc::socket_path(
+        args.socket
+            .as_deref()
+            .unwrap_or_else(|| std::path::Path::new(DEFAULT_SOCKET)),
+    );
+    let state_dir = args
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+
+    let (ipam, replay) = PodCidrIpam::open(cidr, &state_dir, now_ms())?;
+    let stats = ipam.stats(now_ms());
+    tracing::info!(
+        pod_cidr = %ipam.cidr(),
+        state_dir = %state_dir.display(),
+        replayed = replay.records,
+        torn_tail = replay.torn_tail,
+        assigned = stats.assigned,
+        free = stats.free,
+        cooldown = stats.cooldown,
+        "podcidr pool loaded"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(rpc::serve(
+        &socket,
+        PodCidrService::new(ipam),
+        shutdown_signal(),
+    ))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
 }

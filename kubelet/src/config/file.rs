@@ -1,0 +1,102 @@
+//! The `--config` file: a KubeletConfiguration (kubelet.config.k8s.io/v1beta1) in YAML
+//! or JSON. Only the fields this kubelet acts on are read; upstream 1.20 decodes
+//! leniently too, so unknown fields are ignored rather than rejected.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Taint;
+use serde::Deserialize;
+
+pub const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+pub const KIND: &str = "KubeletConfiguration";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeletConfigFile {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub address: Option<String>,
+    pub port: Option<i64>,
+    pub max_pods: Option<i64>,
+    pub register_node: Option<bool>,
+    pub register_with_taints: Option<Vec<Taint>>,
+    pub kube_reserved: Option<BTreeMap<String, String>>,
+    pub system_reserved: Option<BTreeMap<String, String>>,
+    pub eviction_hard: Option<BTreeMap<String, String>>,
+    pub node_status_update_frequency: Option<String>,
+    pub node_status_report_frequency: Option<String>,
+    pub node_lease_duration_seconds: Option<i64>,
+    /// Moved from a flag into the file in 1.27; both are honoured.
+    pub container_runtime_endpoint: Option<String>,
+    #[serde(rename = "providerID")]
+    pub provider_id: Option<String>,
+}
+
+impl KubeletConfigFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading kubelet config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// YAML is a superset of JSON, so one parser takes both encodings upstream accepts.
+    pub fn parse(text: &str) -> Result<Self> {
+        let file: KubeletConfigFile = serde_yaml::from_str(text)?;
+        // Upstream refuses a file whose type it cannot identify; so do we, so a file
+        // meant for another component is not silently half-applied.
+        match (file.api_version.as_deref(), file.kind.as_deref()) {
+            (Some(API_VERSION), Some(KIND)) => Ok(file),
+            (api_version, kind) => bail!(
+                "expected apiVersion {API_VERSION:?} and kind {KIND:?}, got {:?} and {:?}",
+                api_version.unwrap_or(""),
+                kind.unwrap_or("")
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_fields_we_act_on() {
+        let f = KubeletConfigFile::parse(
+            r#"
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 0.0.0.0
+port: 10250
+maxPods: 42
+registerWithTaints:
+- key: dedicated
+  value: infra
+  effect: NoSchedule
+kubeReserved: {cpu: 100m, memory: 256Mi}
+systemReserved:
+  memory: 128Mi
+nodeStatusUpdateFrequency: 10s
+nodeStatusReportFrequency: 5m0s
+nodeLeaseDurationSeconds: 40
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+providerID: aws:///us-east-1a/i-0123
+authentication: {anonymous: {enabled: false}}
+"#,
+        )
+        .unwrap();
+        assert_eq!(f.max_pods, Some(42));
+        assert_eq!(f.port, Some(10250));
+        assert_eq!(f.register_with_taints.unwrap()[0].key, "dedicated");
+        assert_eq!(f.kube_reserved.unwrap()["memory"], "256Mi");
+        assert_eq!(f.node_status_report_frequency.as_deref(), Some("5m0s"));
+        assert_eq!(f.provider_id.as_deref(), Some("aws:///us-east-1a/i-0123"));
+    }
+
+    #[test]
+    fn refuses_other_kinds() {
+        assert!(KubeletConfigFile::parse("apiVersion: v1\nkind: ConfigMap\n").is_err());
+        assert!(KubeletConfigFile::parse("port: 1\n").is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! Pods bound to this node: a watch on `spec.nodeName=<node>` feeding one worker per
+//! pod UID ([`worker`]), each an explicit state machine over the CRI runtime.
+
+mod spec;
+mod status;
+mod worker;
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use crate::cri::CriClient;
+
+/// What every pod worker shares.
+#[derive(Clone)]
+pub struct PodContext {
+    pub client: kube::Client,
+    pub cri: CriClient,
+    pub host_ip: String,
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    /// The scheme of containerIDs (`containerd://...`), from CRI Version.
+    pub runtime_name: String,
+    /// Set per worker.
+    pub uid: String,
+}
+
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Runs until the watch ends: starts a worker for every new pod UID, forwards updates,
+/// and tells workers of pods that disappeared.
+pub async fn run(ctx: PodContext, node_name: &str) {
+    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    let mut events = watcher(api, config).boxed();
+    let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    let mut seen_in_relist: Vec<String> = vec![];
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "pod watch failed; it restarts by itself");
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Init => seen_in_relist.clear(),
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                seen_in_relist.push(uid.clone());
+                workers.retain(|_, tx| !tx.is_closed());
+                match workers.get(&uid) {
+                    Some(tx) => {
+                        let _ = tx.send(Some(pod));
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(Some(pod));
+                        let mut ctx = ctx.clone();
+                        ctx.uid = uid.clone();
+                        tokio::spawn(worker::Worker::new(ctx, rx).run());
+                        workers.insert(uid, tx);
+                    }
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let Some(tx) = workers.get(pod.metadata.uid.as_deref().unwrap_or_default()) {
+                    let _ = tx.send(None);
+                }
+            }
+            watcher::Event::InitDone => {
+                // Pods deleted while the watch was down.
+                for (uid, tx) in &workers {
+                    if !seen_in_relist.contains(uid) {
+                        let _ = tx.send(None);
+                    }
+                }
+            }
+        }
+    }
+}

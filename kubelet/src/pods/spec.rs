@@ -1,0 +1,323 @@
+//! Translates a Pod into CRI requests, with the labels and annotations upstream's
+//! kubelet puts on sandboxes and containers (so `crictl` output and a kubelet restart
+//! can find which pod and container a runtime object belongs to).
+
+use std::collections::HashMap;
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+
+pub struct PodIdentity {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+}
+
+impl PodIdentity {
+    pub fn of(pod: &Pod) -> Self {
+        PodIdentity {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+        }
+    }
+
+    /// `/var/log/pods/<namespace>_<name>_<uid>`, the layout log collectors expect.
+    pub fn log_dir(&self) -> String {
+        format!(
+            "/var/log/pods/{}_{}_{}",
+            self.namespace, self.name, self.uid
+        )
+    }
+
+    fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_POD_NAME.into(), self.name.clone()),
+            (LABEL_POD_NAMESPACE.into(), self.namespace.clone()),
+            (LABEL_POD_UID.into(), self.uid.clone()),
+        ])
+    }
+}
+
+pub fn sandbox_config(
+    pod: &Pod,
+    attempt: u32,
+    cluster_dns: &[String],
+    cluster_domain: &str,
+) -> cri::PodSandboxConfig {
+    let id = PodIdentity::of(pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let host_network = spec.host_network.unwrap_or(false);
+    let mut labels = id.labels();
+    for (k, v) in pod.metadata.labels.clone().unwrap_or_default() {
+        labels.insert(k, v);
+    }
+    let hostname = spec.hostname.clone().unwrap_or_else(|| id.name.clone());
+    // Hostnames are DNS labels: upstream truncates to 63 characters.
+    let hostname: String = hostname.chars().take(63).collect();
+    let dns = dns_config(pod, cluster_dns, cluster_domain);
+    let port_mappings = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.clone().unwrap_or_default())
+        .filter(|p| p.host_port.unwrap_or(0) > 0)
+        .map(|p| cri::PortMapping {
+            protocol: match p.protocol.as_deref() {
+                Some("UDP") => cri::Protocol::Udp as i32,
+                Some("SCTP") => cri::Protocol::Sctp as i32,
+                _ => cri::Protocol::Tcp as i32,
+            },
+            container_port: p.container_port,
+            host_port: p.host_port.unwrap_or(0),
+            host_ip: p.host_ip.unwrap_or_default(),
+        })
+        .collect();
+    let node = cri::NamespaceMode::Node as i32;
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: id.name.clone(),
+            uid: id.uid.clone(),
+            namespace: id.namespace.clone(),
+            attempt,
+        }),
+        hostname: if host_network {
+            String::new()
+        } else {
+            hostname
+        },
+        log_directory: id.log_dir(),
+        dns_config: dns,
+        port_mappings,
+        labels,
+        annotations: pod
+            .metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: if host_network {
+                        node
+                    } else {
+                        cri::NamespaceMode::Pod as i32
+                    },
+                    pid: if spec.host_pid.unwrap_or(false) {
+                        node
+                    } else {
+                        cri::NamespaceMode::Container as i32
+                    },
+                    ipc: if spec.host_ipc.unwrap_or(false) {
+                        node
+                    } else {
+                        cri::NamespaceMode::Pod as i32
+                    },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// dnsPolicy ClusterFirst (the default) with the cluster's DNS, Default (the node's
+/// resolv.conf, what the runtime does without a DNSConfig) and None + dnsConfig.
+fn dns_config(pod: &Pod, cluster_dns: &[String], cluster_domain: &str) -> Option<cri::DnsConfig> {
+    let spec = pod.spec.as_ref()?;
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let host_network = spec.host_network.unwrap_or(false);
+    let mut cfg = match policy {
+        "ClusterFirst" | "ClusterFirstWithHostNet"
+            if !cluster_dns.is_empty()
+                && (!host_network || policy == "ClusterFirstWithHostNet") =>
+        {
+            cri::DnsConfig {
+                servers: cluster_dns.to_vec(),
+                searches: vec![
+                    format!("{ns}.svc.{cluster_domain}"),
+                    format!("svc.{cluster_domain}"),
+                    cluster_domain.to_string(),
+                ],
+                options: vec!["ndots:5".into()],
+            }
+        }
+        "None" => cri::DnsConfig::default(),
+        _ => return None,
+    };
+    if let Some(extra) = &spec.dns_config {
+        cfg.servers
+            .extend(extra.nameservers.clone().unwrap_or_default());
+        cfg.searches
+            .extend(extra.searches.clone().unwrap_or_default());
+        for o in extra.options.clone().unwrap_or_default() {
+            let name = o.name.unwrap_or_default();
+            cfg.options
+                .retain(|x| x.split(':').next() != Some(name.as_str()));
+            cfg.options.push(match o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name,
+            });
+        }
+    }
+    Some(cfg)
+}
+
+pub fn container_config(
+    pod: &Pod,
+    c: &Container,
+    restart_count: u32,
+    pod_ip: &str,
+    host_ip: &str,
+) -> cri::ContainerConfig {
+    let id = PodIdentity::of(pod);
+    let mut labels = id.labels();
+    labels.insert(LABEL_CONTAINER_NAME.into(), c.name.clone());
+    let annotations = HashMap::from([(ANNOTATION_RESTART_COUNT.into(), restart_count.to_string())]);
+    let envs = container_env(pod, c, pod_ip, host_ip);
+    let sec = c.security_context.clone().unwrap_or_default();
+    let pod_sec = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.clone())
+        .unwrap_or_default();
+    let run_as_user = sec.run_as_user.or(pod_sec.run_as_user);
+    let run_as_group = sec.run_as_group.or(pod_sec.run_as_group);
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: c.name.clone(),
+            attempt: restart_count,
+        }),
+        image: Some(cri::ImageSpec {
+            image: c.image.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        command: c.command.clone().unwrap_or_default(),
+        args: c.args.clone().unwrap_or_default(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs,
+        labels,
+        annotations,
+        log_path: format!("{}/{restart_count}.log", c.name),
+        tty: c.tty.unwrap_or(false),
+        stdin: c.stdin.unwrap_or(false),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                privileged: sec.privileged.unwrap_or(false),
+                run_as_user: run_as_user.map(|value| cri::Int64Value { value }),
+                run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
+                readonly_rootfs: sec.read_only_root_filesystem.unwrap_or(false),
+                no_new_privs: sec.allow_privilege_escalation == Some(false),
+                supplemental_groups: pod_sec.supplemental_groups.clone().unwrap_or_default(),
+                capabilities: sec.capabilities.map(|caps| cri::Capability {
+                    add_capabilities: caps.add.unwrap_or_default(),
+                    drop_capabilities: caps.drop.unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `env` with `value` and the downward-API `fieldRef`s, `$(VAR)` expanded against the
+/// variables defined before it, as upstream does.
+fn container_env(pod: &Pod, c: &Container, pod_ip: &str, host_ip: &str) -> Vec<cri::KeyValue> {
+    let mut out: Vec<(String, String)> = vec![];
+    for e in c.env.clone().unwrap_or_default() {
+        let value = if let Some(v) = e.value {
+            expand(&v, &out)
+        } else if let Some(field) = e.value_from.and_then(|f| f.field_ref).map(|f| f.field_path) {
+            match field.as_str() {
+                "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
+                "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
+                "metadata.uid" => pod.metadata.uid.clone().unwrap_or_default(),
+                "spec.nodeName" => pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                "spec.serviceAccountName" => pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_default(),
+                "status.podIP" => pod_ip.to_string(),
+                "status.hostIP" => host_ip.to_string(),
+                _ => String::new(),
+            }
+        } else {
+            String::new()
+        };
+        out.retain(|(k, _)| *k != e.name);
+        out.push((e.name, value));
+    }
+    out.into_iter()
+        .map(|(key, value)| cri::KeyValue { key, value })
+        .collect()
+}
+
+/// `$(NAME)` → value of NAME if defined, `$$` → `$`; anything else stays as written.
+fn expand(s: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = t;
+        } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
+            let name = &tail[2..2 + end];
+            match vars.iter().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&tail[..3 + end]),
+            }
+            rest = &tail[3 + end..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_expand_like_upstream() {
+        let vars = vec![("A".to_string(), "x".to_string())];
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &vars), "x-$(B)-$(A)-$");
+    }
+
+    #[test]
+    fn cluster_first_dns() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "web", "uid": "u"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+        }))
+        .unwrap();
+        let s = sandbox_config(&pod, 0, &["10.96.0.10".to_string()], "cluster.local");
+        let dns = s.dns_config.unwrap();
+        assert_eq!(dns.servers, vec!["10.96.0.10"]);
+        assert_eq!(dns.searches[0], "web.svc.cluster.local");
+        assert_eq!(dns.options, vec!["ndots:5"]);
+        assert_eq!(s.log_directory, "/var/log/pods/web_p_u");
+        assert_eq!(s.labels[LABEL_POD_UID], "u");
+    }
+}

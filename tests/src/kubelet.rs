@@ -1,0 +1,142 @@
+//! Our `kubelet`, started as a process with a node credential from the control plane,
+//! a private root dir and config file, against a given CRI socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::control_plane::ControlPlane;
+use crate::fixture::{bin_path, terminate, unique_name};
+
+/// A node's identity and directories; outlives one kubelet process so restarts can be
+/// tested. Removed on drop.
+pub struct KubeletNode {
+    pub name: String,
+    pub base: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub port: u16,
+}
+
+impl KubeletNode {
+    /// A fresh node name with its `system:node:<name>` kubeconfig and a config file.
+    pub fn new(cp: &ControlPlane, tag: &str) -> Result<Self> {
+        Self::with_config(cp, tag, "")
+    }
+
+    /// Like `new`, with `extra_config` (KubeletConfiguration YAML fields) appended to
+    /// the config file.
+    pub fn with_config(cp: &ControlPlane, tag: &str, extra_config: &str) -> Result<Self> {
+        let name = unique_name(tag);
+        let base = std::env::temp_dir().join(format!("nodert-kubelet-{name}"));
+        std::fs::create_dir_all(base.join("root"))?;
+        let kubeconfig = cp.node_kubeconfig(&name)?;
+        let port = free_port()?;
+        std::fs::write(
+            base.join("config.yaml"),
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                 address: 127.0.0.1\nport: {port}\n{extra_config}"
+            ),
+        )?;
+        Ok(KubeletNode {
+            name,
+            base,
+            kubeconfig,
+            port,
+        })
+    }
+
+    pub fn root_dir(&self) -> PathBuf {
+        self.base.join("root")
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.base.join("config.yaml")
+    }
+}
+
+impl Drop for KubeletNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A port nobody listens on right now (the kernel picks it).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A running kubelet; dropping it sends SIGTERM, then SIGKILL after 10 s.
+pub struct Kubelet {
+    /// `None` once stopped, so drop never signals a pid that may have been reused.
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Kubelet {
+    /// Starts the kubelet for `node` on the CRI runtime at `cri_socket` (a path), with
+    /// `extra` flags appended.
+    pub fn start(node: &KubeletNode, cri_socket: &Path, extra: &[&str]) -> Result<Self> {
+        let log = node.base.join(format!("{}.log", unique_name("kubelet")));
+        let child = Command::new(bin_path("kubelet"))
+            .arg("--kubeconfig")
+            .arg(&node.kubeconfig)
+            .arg("--config")
+            .arg(node.config_file())
+            .arg("--container-runtime-endpoint")
+            .arg(format!("unix://{}", cri_socket.display()))
+            .arg("--hostname-override")
+            .arg(&node.name)
+            .arg("--root-dir")
+            .arg(node.root_dir())
+            .arg("--cert-dir")
+            .arg(node.base.join("pki"))
+            .args(["--v", "4"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawning kubelet (built by `cargo build -p kubelet`?)")?;
+        Ok(Kubelet {
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Fails if the kubelet has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        let child = self.child.as_mut().context("kubelet already stopped")?;
+        if let Some(status) = child.try_wait()? {
+            // Reaped: forget the pid so drop does not signal whoever reuses it.
+            self.child = None;
+            bail!("kubelet exited with {status}:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait; returns whether it exited within `grace`.
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        self.child
+            .take()
+            .is_some_and(|mut child| terminate(&mut child, grace))
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}

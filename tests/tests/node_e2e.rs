@@ -1,0 +1,161 @@
+//! Our whole node against the real control plane: kubelet + runtime-shim + CNI run a
+//! Deployment with plain kubectl, serve traffic on the pod IPs, survive a runtime-shim
+//! crash, and give everything back when scaled to zero.
+
+use std::time::{Duration, Instant};
+
+use node_tests::control_plane::ControlPlane;
+use node_tests::fixture::run_ok;
+use node_tests::kubelet::{Kubelet, KubeletNode};
+use node_tests::registry::Registry;
+use node_tests::runtime_shim::{RuntimeShim, ShimDirs};
+
+fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match f() {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what} did not happen within {timeout:?} {last}");
+}
+
+fn pods(cp: &ControlPlane, selector: &str) -> Vec<serde_json::Value> {
+    let out = cp
+        .kubectl(&["get", "pods", "-n", "default", "-l", selector, "-o", "json"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_deployment_runs_serves_and_scales_to_zero_on_our_node() {
+    let cp = ControlPlane::shared();
+    let reg = Registry::start().unwrap();
+    let dirs = ShimDirs::new().unwrap();
+    let subnet_third = 100 + std::process::id() % 100;
+    let subnet = format!("10.225.{subnet_third}.0/24");
+    std::fs::create_dir_all(dirs.cni_conf_dir()).unwrap();
+    std::fs::write(
+        dirs.cni_conf_dir().join("10-e2e.conflist"),
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"e2e-{pid}","plugins":[{{"type":"ptp","ipMasq":false,
+                "ipam":{{"type":"host-local","dataDir":"{dir}","ranges":[[{{"subnet":"{subnet}"}}]],
+                "routes":[{{"dst":"0.0.0.0/0"}}]}}}}]}}"#,
+            pid = std::process::id(),
+            dir = dirs.base.join("ipam").display(),
+        ),
+    )
+    .unwrap();
+    let mut shim = Some(RuntimeShim::start(&dirs, &reg).unwrap());
+    let node = KubeletNode::new(cp, "e2e").unwrap();
+    let mut kubelet = Kubelet::start(&node, &dirs.socket(), &[]).unwrap();
+    eventually("node Ready", Duration::from_secs(60), || {
+        kubelet.check_running()?;
+        let out = cp.kubectl(&[
+            "get",
+            "node",
+            &node.name,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ])?;
+        Ok((out == "True").then_some(()))
+    });
+
+    let app = format!("web-{}", std::process::id());
+    cp.apply(&format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{app}","namespace":"default"}},
+            "spec":{{"replicas":3,"selector":{{"matchLabels":{{"app":"{app}"}}}},
+              "template":{{"metadata":{{"labels":{{"app":"{app}"}}}},
+                "spec":{{"nodeName":"{node}","terminationGracePeriodSeconds":2,
+                  "containers":[{{"name":"web","image":"registry.k8s.io/e2e-test-images/nginx:1.14-2"}}]}}}}}}}}"#,
+        node = node.name
+    ))
+    .unwrap();
+    let selector = format!("app={app}");
+    let running = eventually("3 pods Running and Ready", Duration::from_secs(90), || {
+        kubelet.check_running()?;
+        let ps = pods(cp, &selector);
+        let ready: Vec<serde_json::Value> = ps
+            .into_iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter(|p| p["status"]["containerStatuses"][0]["ready"] == true)
+            .collect();
+        Ok((ready.len() == 3).then_some(ready))
+    });
+    let prefix = format!("10.225.{subnet_third}.");
+    for p in &running {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        assert!(ip.starts_with(&prefix), "{ip}");
+        let body = run_ok(std::process::Command::new("curl").args([
+            "-sf",
+            "-m",
+            "3",
+            &format!("http://{ip}/"),
+        ]))
+        .unwrap();
+        assert!(body.contains("node-runtime test web server"), "{body}");
+        let cs = &p["status"]["containerStatuses"][0];
+        assert!(
+            cs["containerID"]
+                .as_str()
+                .unwrap()
+                .starts_with("runtime-shim://"),
+            "{cs}"
+        );
+        assert_eq!(cs["restartCount"], 0);
+    }
+
+    // A runtime crash disrupts no pod: containers keep serving, and the restarted
+    // runtime reports them as before.
+    shim.take().unwrap().crash();
+    let ip = running[0]["status"]["podIP"].as_str().unwrap().to_string();
+    run_ok(std::process::Command::new("curl").args(["-sf", "-m", "3", &format!("http://{ip}/")]))
+        .unwrap();
+    shim = Some(RuntimeShim::start(&dirs, &reg).unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    for p in pods(cp, &selector) {
+        assert_eq!(
+            p["status"]["containerStatuses"][0]["restartCount"], 0,
+            "{p}"
+        );
+        assert_eq!(p["status"]["phase"], "Running");
+    }
+
+    cp.kubectl(&["scale", "deployment", &app, "--replicas=0"])
+        .unwrap();
+    eventually("all pods gone", Duration::from_secs(60), || {
+        kubelet.check_running()?;
+        Ok(pods(cp, &selector).is_empty().then_some(()))
+    });
+    // Every IP is back in the pool and nothing of the pods is left.
+    let ipam = dirs
+        .base
+        .join("ipam")
+        .join(format!("e2e-{}", std::process::id()));
+    let held: Vec<String> = std::fs::read_dir(&ipam)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(held.is_empty(), "IPs still allocated: {held:?}");
+    let sandboxes = std::fs::read_dir(dirs.root().join("sandboxes"))
+        .unwrap()
+        .count();
+    assert_eq!(sandboxes, 0, "sandboxes left in the runtime");
+    cp.kubectl(&["delete", "deployment", &app]).unwrap();
+    drop(kubelet);
+    drop(shim);
+    cp.kubectl(&["delete", "node", &node.name]).unwrap();
+}
