@@ -129,7 +129,8 @@ stop_detached() {
     pid="$(cat "$dir.runner-pid" 2>/dev/null || true)"
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid"
-        for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        # Teardowns drain pods and wait for them: give them time before removing D.
+        for _ in $(seq 900); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     fi
     rm -rf "$dir" "$dir.runner-pid"
 }

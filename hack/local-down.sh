@@ -5,6 +5,11 @@
 require_root
 LOCAL_DIR="${NODERT_LOCAL_DIR:-/var/lib/nodert-local}"
 [ -d "$LOCAL_DIR" ] || { log "nothing to remove"; exit 0; }
+for d in "$LOCAL_DIR"/node-*; do
+    [ -d "$d" ] || continue
+    log "stopping $(basename "$d")"
+    "$REPO_ROOT/hack/node.sh" stop --dir "$d" || warn "stopping $d failed"
+done
 for comp in ec2-emulator registry control-plane; do
     if [ -d "$LOCAL_DIR/$comp" ]; then
         log "stopping $comp"

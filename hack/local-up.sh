@@ -23,12 +23,12 @@ case "$MODE" in eni|podcidr) ;; *) die "--mode must be eni or podcidr" ;; esac
 LOCAL_DIR="${NODERT_LOCAL_DIR:-/var/lib/nodert-local}"
 mkdir -p "$LOCAL_DIR"
 
-log "[1/4] installing prerequisites"
+log "[1/5] installing prerequisites"
 "$REPO_ROOT/hack/install-deps.sh"
 "$REPO_ROOT/hack/build-kubernetes.sh"
 "$REPO_ROOT/hack/images.sh"
 
-log "[2/4] control plane"
+log "[2/5] control plane"
 if [ -f "$LOCAL_DIR/control-plane/ready" ] && "$REPO_ROOT/hack/control-plane.sh" status --dir "$LOCAL_DIR/control-plane" >/dev/null 2>&1; then
     log "control plane already running"
 else
@@ -36,7 +36,7 @@ else
 fi
 KUBECONFIG_PATH="$(grep '^KUBECONFIG=' "$LOCAL_DIR/control-plane/env" | cut -d= -f2-)"
 
-log "[3/4] local registry and EC2 emulator"
+log "[3/5] local registry and EC2 emulator"
 if [ -f "$LOCAL_DIR/registry/ready" ] && "$REPO_ROOT/hack/registry.sh" status --dir "$LOCAL_DIR/registry" >/dev/null 2>&1; then
     log "registry already running"
 else
@@ -50,8 +50,27 @@ if [ "$MODE" = eni ]; then
     fi
 fi
 
-log "[4/4] nodes"
-warn "our kubelet/runtime-shim/ipamd nodes are not wired into local-up yet: only the control plane and registry are up"
+log "[4/5] nodes (kubelet + runtime-shim + CNI)"
+log "building our binaries"
+(cd "$REPO_ROOT" && cargo build --bins --locked -q)
+[ "$MODE" = podcidr ] || warn "--mode eni: nodes are not emulated EC2 instances yet; pods get IPs from each node's pod CIDR"
+for i in $(seq 1 "$NODES"); do
+    d="$LOCAL_DIR/node-$i"
+    if [ -f "$d/ready" ]; then
+        log "node nodert-node-$i already running"
+    else
+        "$REPO_ROOT/hack/node.sh" start --dir "$d" --control-plane "$LOCAL_DIR/control-plane" \
+            --registry "$LOCAL_DIR/registry" --node "nodert-node-$i" --pod-cidr "10.244.$((100 + i)).0/24"
+        log "node nodert-node-$i ready"
+    fi
+done
+
+log "[5/5] demo workload"
+KUBECTL=("$KUBE_BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_PATH")
+"${KUBECTL[@]}" apply -f "$REPO_ROOT/hack/demo.yaml" >/dev/null
+"${KUBECTL[@]}" rollout status deployment/demo --timeout=120s >/dev/null ||
+    die "the demo deployment did not become available; see $LOCAL_DIR/node-*/kubelet.log"
+"${KUBECTL[@]}" get pods -o wide
 
 cat <<EOM
 
@@ -60,7 +79,8 @@ The cluster is up. Use it with:
     export KUBECONFIG=$KUBECONFIG_PATH
     export PATH=$KUBE_BIN_DIR:\$PATH   # kubectl 1.20.2, built with the control plane
     kubectl get nodes -o wide
-    kubectl get pods -A
+    kubectl get pods -o wide
+    kubectl scale deployment demo --replicas=0
 
 Tear it down with ./hack/local-down.sh
 EOM
