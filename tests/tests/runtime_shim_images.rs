@@ -82,14 +82,15 @@ async fn pulls_through_mirrors_and_finds_images_by_tag_id_and_digest() {
     assert_eq!(status(&mut c, &digest).await.unwrap().id, id);
     assert!(status(&mut c, "registry.k8s.io/nothere:1").await.is_none());
 
-    // The unpacked layer holds a real busybox.
-    let layer = std::fs::read_dir(dirs.root().join("images/layers"))
+    // One of the unpacked layers holds a real busybox.
+    let layers: Vec<_> = std::fs::read_dir(dirs.root().join("images/layers"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    assert!(layer.join("bin/busybox").is_file(), "{}", layer.display());
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        layers.iter().any(|l| l.join("bin/busybox").is_file()),
+        "{layers:?}"
+    );
 
     // Docker Hub short names go through the docker.io mirror and resolve back.
     let hub = pull(&mut c, "busybox").await.unwrap();
@@ -158,7 +159,7 @@ async fn removal_frees_layers_and_images_survive_a_restart() {
         id,
         "lost across restart"
     );
-    assert_eq!(layer_dirs(&dirs), 1);
+    assert!(layer_dirs(&dirs) > 0);
     c.remove_image(RemoveImageRequest {
         image: spec(BUSYBOX),
     })
