@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Side-by-side CRI latency: runtime-shim vs containerd 1.6 (+ runc, same ptp/host-local
+# CNI, same image from the same local registry), measured in one run on this machine
+# by the same client (tests/src/bin/cri-bench.rs). Not a test: it prints figures.
+#
+#   ./hack/bench-cri.sh [--count N]
+. "$(dirname "$0")/lib.sh"
+require_root
+
+COUNT=30
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --count) COUNT="$2"; shift 2 ;;
+        *) die "unknown flag $1" ;;
+    esac
+done
+
+"$REPO_ROOT/hack/install-deps.sh"
+"$REPO_ROOT/hack/images.sh"
+log "building release binaries"
+(cd "$REPO_ROOT" && cargo build --release --locked -q -p runtime-shim -p node-tests --bin runtime-shim --bin cri-bench)
+BIN="$CARGO_TARGET_DIR/release"
+
+WORK="$(mktemp -d /tmp/nodert-bench.XXXXXX)"
+SHIM_PID=""
+cleanup() {
+    [ -n "$SHIM_PID" ] && kill "$SHIM_PID" 2>/dev/null && wait "$SHIM_PID" 2>/dev/null
+    "$REPO_ROOT/hack/reference-node.sh" stop --dir "$WORK/containerd" >/dev/null 2>&1 || true
+    "$REPO_ROOT/hack/registry.sh" stop --dir "$WORK/registry" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+mkdir -p "$WORK/registry" "$WORK/containerd" "$WORK/shim/net.d"
+"$REPO_ROOT/hack/registry.sh" start --dir "$WORK/registry"
+REG="$(grep '^REGISTRY=' "$WORK/registry/env" | cut -d= -f2)"
+"$REPO_ROOT/hack/reference-node.sh" start --dir "$WORK/containerd" --containerd-only --registry "$REG"
+
+cat >"$WORK/shim/net.d/10-bench.conflist" <<EOF
+{"cniVersion":"0.4.0","name":"bench","plugins":[{"type":"ptp","ipMasq":false,
+ "ipam":{"type":"host-local","dataDir":"$WORK/shim/ipam","ranges":[[{"subnet":"10.89.0.0/24"}]],
+ "routes":[{"dst":"0.0.0.0/0"}]}}]}
+EOF
+mirrors=()
+for m in $(grep '^MIRRORS=' "$WORK/registry/env" | cut -d= -f2-); do mirrors+=(--registry-mirror "$m"); done
+"$BIN/runtime-shim" --listen "unix://$WORK/shim/cri.sock" --root "$WORK/shim/root" \
+    --state "$WORK/shim/state" --cni-conf-dir "$WORK/shim/net.d" --cni-bin-dir /usr/lib/cni \
+    --cni-cache-dir "$WORK/shim/cni-cache" "${mirrors[@]}" >"$WORK/shim.log" 2>&1 &
+SHIM_PID=$!
+wait_for "runtime-shim" 30 test -S "$WORK/shim/cri.sock"
+
+IMAGE=registry.k8s.io/e2e-test-images/busybox:1.29-2
+log "containerd: $COUNT pod lifecycles"
+"$BIN/cri-bench" --socket "$WORK/containerd/containerd.sock" --image "$IMAGE" --count "$COUNT" \
+    --log-dir "$WORK/logs-containerd" >"$WORK/containerd.json"
+log "runtime-shim: $COUNT pod lifecycles"
+"$BIN/cri-bench" --socket "$WORK/shim/cri.sock" --image "$IMAGE" --count "$COUNT" \
+    --log-dir "$WORK/logs-shim" >"$WORK/shim.json"
+
+echo
+echo "CRI latency, $COUNT sequential pod lifecycles each ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r))"
+printf '%-18s %14s %14s %14s %14s %8s\n' call "containerd p50" "shim p50" "containerd p90" "shim p90" "p50 x"
+for call in RunPodSandbox CreateContainer StartContainer StopContainer RemoveContainer StopPodSandbox RemovePodSandbox; do
+    jq -r --arg c "$call" --slurpfile s "$WORK/shim.json" \
+        '[$c, .[$c].p50_ms, $s[0][$c].p50_ms, .[$c].p90_ms, $s[0][$c].p90_ms] | @tsv' "$WORK/containerd.json" |
+        awk -F'\t' '{printf "%-18s %11.1f ms %11.1f ms %11.1f ms %11.1f ms %7.2fx\n", $1, $2, $3, $4, $5, ($3 > 0 ? $3 / $2 : 0)}'
+done
