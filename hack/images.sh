@@ -34,10 +34,11 @@ rootfs_busybox() {
     mkdir -p "$r"/{bin,etc,tmp,root,home,var/www,usr/share/nginx/html}
     chmod 1777 "$r/tmp"
     cp /bin/busybox "$r/bin/busybox"
-    # Relative links (busybox --install would point them at the build dir's path).
+    # Hard links, as in the upstream busybox images (a masked /bin/ls must not mask the
+    # binary every applet is); busybox --install would point symlinks at the build dir.
     local applet
     for applet in $(/bin/busybox --list); do
-        [ "$applet" = busybox ] || ln -s busybox "$r/bin/$applet"
+        [ "$applet" = busybox ] || ln "$r/bin/busybox" "$r/bin/$applet"
     done
     mkdir -p "$r/usr/bin" && ln -s ../../bin/busybox "$r/usr/bin/env"
     cat >"$r/etc/passwd" <<'EOF'

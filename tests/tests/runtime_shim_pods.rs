@@ -529,3 +529,48 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     drop(shim);
     assert_no_leaks(&dirs, &[&pod.id], &[]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_as_group_without_a_user_is_refused() {
+    let reg = Registry::start().unwrap();
+    let dirs = ShimDirs::new().unwrap();
+    let shim = RuntimeShim::start(&dirs, &reg).unwrap();
+    let (mut images, mut rt) = (shim.images().await.unwrap(), shim.runtime().await.unwrap());
+    pull(&mut images, BUSYBOX).await;
+    let pod = run_pod(&mut rt, &dirs, "group").await;
+    let err = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "c".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: BUSYBOX.into(),
+                    ..Default::default()
+                }),
+                linux: Some(LinuxContainerConfig {
+                    security_context: Some(LinuxContainerSecurityContext {
+                        run_as_group: Some(Int64Value { value: 1002 }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod.config.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(
+        std::fs::read_dir(dirs.root().join("containers"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+    remove_pod(&mut rt, &pod).await;
+    drop(shim);
+    assert_no_leaks(&dirs, &[&pod.id], &[]);
+}

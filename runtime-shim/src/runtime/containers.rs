@@ -49,6 +49,17 @@ impl Runtime {
                 "container name is empty".into(),
             ));
         }
+        let sec = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref());
+        if sec.is_some_and(|s| {
+            s.run_as_group.is_some() && s.run_as_user.is_none() && s.run_as_username.is_empty()
+        }) {
+            return Err(RuntimeError::InvalidArgument(
+                "runAsGroup is set without runAsUser or runAsUsername".into(),
+            ));
+        }
         let image_name = config
             .image
             .as_ref()
