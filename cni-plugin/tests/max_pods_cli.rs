@@ -56,16 +56,18 @@ fn unknown_instance_type_fails_without_output() {
 }
 
 #[test]
-fn daemon_flags_parse_but_daemon_is_not_implemented() {
+fn daemon_flags_parse_and_eni_mode_is_not_implemented_yet() {
+    // eni mode refuses to start, so this parses every daemon flag without starting
+    // anything (podcidr mode is exercised end to end in tests/podcidr.rs).
     let out = ipamd(&[
         "--mode",
-        "podcidr",
+        "eni",
         "--pod-cidr",
         "10.0.0.0/24",
         "--socket",
-        "/run/ipamd.sock",
+        "/nonexistent/ipamd.sock",
         "--state-dir",
-        "/var/lib/ipamd",
+        "/nonexistent/state",
         "--ec2-endpoint",
         "http://127.0.0.1:1",
         "--imds-endpoint",
@@ -74,7 +76,34 @@ fn daemon_flags_parse_but_daemon_is_not_implemented() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("ipamd daemon: not implemented yet"),
+        stderr.contains("eni mode not implemented yet"),
         "stderr: {stderr}"
     );
+}
+
+#[test]
+fn podcidr_mode_needs_a_valid_pod_cidr() {
+    for extra in [
+        &[][..],
+        &["--pod-cidr", "10.0.0.0/33"],
+        &["--pod-cidr", "10.0.0.0/30"],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("s.sock");
+        let state = dir.path().join("state");
+        let mut args = vec![
+            "--mode",
+            "podcidr",
+            "--socket",
+            socket.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = ipamd(&args);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("pod"), "{extra:?}: {stderr}");
+        assert!(!socket.exists(), "{extra:?}");
+    }
 }

@@ -29,12 +29,12 @@ struct World {
 }
 
 impl World {
-    /// `slot` (0..4) tells the tests of this binary apart.
+    /// `slot` (0..8) tells the tests of this binary apart.
     fn new(slot: u32) -> World {
-        assert!(slot < 4);
+        assert!(slot < 8);
         let pid = std::process::id();
-        // 4096 /27s in 198.18.0.0/15: 4 per pid slot.
-        let block = (pid % 1024) * 4 + slot;
+        // 4096 /27s in 198.18.0.0/15: 8 per pid slot.
+        let block = (pid % 512) * 8 + slot;
         let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + block * 32;
         World {
             tag: format!("{pid}-{slot}"),
@@ -505,4 +505,83 @@ fn malformed_stdin_is_code_6_and_changes_nothing() {
         ..Pod::new(&mut w, "gone")
     };
     w.del(&gone, None);
+}
+
+#[test]
+fn a_late_del_of_a_replaced_sandbox_leaves_the_new_one_alone() {
+    let mut w = World::new(3);
+    w.start_ipamd();
+    let old = Pod::new(&mut w, "old");
+    let r_old = w.add(&old, "1.1.0");
+    // The pod's next sandbox: same pod (so the same host veth name), new netns and
+    // container id, added before the old sandbox's DEL arrives.
+    let new = Pod {
+        container_id: format!("{}x", old.container_id),
+        namespace: old.namespace.clone(),
+        name: old.name.clone(),
+        netns: Some(w.netns("new")),
+    };
+    let r_new = w.add(&new, "1.1.0");
+    let (ip_old, ip_new) = (w.ip(0), w.ip(1));
+    assert_eq!(
+        r_new["interfaces"][0]["name"],
+        r_old["interfaces"][0]["name"]
+    );
+    assert_eq!(r_new["ips"][0]["address"], format!("{ip_new}/32").as_str());
+
+    w.del(&old, Some(&r_old));
+    assert!(
+        link_exists(&new.host_veth()),
+        "the late DEL removed the new veth"
+    );
+    assert!(host_route_exists(ip_new));
+    assert!(!host_route_exists(ip_old));
+    assert!(
+        ping(&ip_new.to_string()),
+        "new sandbox unreachable after the late DEL"
+    );
+    assert_eq!(w.status().assigned, 1);
+
+    w.del(&new, Some(&r_new));
+    assert!(!link_exists(&new.host_veth()));
+    assert!(!host_route_exists(ip_new));
+    assert_eq!(w.status().assigned, 0);
+}
+
+#[test]
+fn concurrent_adds_get_distinct_addresses() {
+    let mut w = World::new(4);
+    w.start_ipamd();
+    let pods: Vec<Pod> = (0..12)
+        .map(|i| Pod::new(&mut w, &format!("p{i}")))
+        .collect();
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods.iter().map(|p| s.spawn(|| w.add(p, "1.1.0"))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips: Vec<String> = results
+        .iter()
+        .map(|r| r["ips"][0]["address"].as_str().unwrap().to_string())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), pods.len(), "{ips:?}");
+    for (pod, r) in pods.iter().zip(&results) {
+        let ip = r["ips"][0]["address"].as_str().unwrap();
+        assert_eq!(pod.addresses(), vec![ip.to_string()]);
+        let addr: Ipv4Addr = ip.trim_end_matches("/32").parse().unwrap();
+        assert!(w.cidr.contains(&addr) && addr >= w.ip(0), "{addr}");
+    }
+    assert_eq!(w.status().assigned, pods.len() as u32);
+
+    std::thread::scope(|s| {
+        for (p, r) in pods.iter().zip(&results) {
+            let w = &w;
+            s.spawn(move || w.del(p, Some(r)));
+        }
+    });
+    assert_eq!(w.status().assigned, 0);
+    for p in &pods {
+        assert!(!link_exists(&p.host_veth()));
+    }
 }

@@ -27,6 +27,15 @@ struct Cli {
 enum Command {
     /// Print the pod capacity the kubelet should register on an EC2 instance type.
     MaxPods(MaxPodsArgs),
+    /// Ask a running daemon for its pool counters (JSON on stdout).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The daemon's unix socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +101,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Status(args)) => match status(&args.socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ipamd status: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         None => match daemon(cli.daemon) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -153,6 +169,34 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         PodCidrService::new(ipam),
         shutdown_signal(),
     ))
+}
+
+fn status(socket: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let reply = runtime.block_on(async {
+        let mut client = rpc::connect(socket)
+            .await
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        anyhow::Ok(
+            client
+                .status(rpc::pb::StatusRequest {})
+                .await
+                .map_err(|s| anyhow::anyhow!("Status: {}", s.message()))?
+                .into_inner(),
+        )
+    })?;
+    let out = serde_json::json!({
+        "mode": reply.mode,
+        "podCIDR": reply.pod_cidr,
+        "free": reply.free,
+        "assigned": reply.assigned,
+        "cooldown": reply.cooldown,
+    });
+    println!("{out}");
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

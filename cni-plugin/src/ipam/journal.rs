@@ -117,9 +117,16 @@ pub struct Replay {
 /// The open journal, positioned for appends.
 #[derive(Debug)]
 pub struct Journal {
+    dir: PathBuf,
     path: PathBuf,
     file: File,
+    /// Lines in the file: what compaction wrote plus what was appended since.
+    lines: usize,
 }
+
+/// A running daemon compacts once the journal holds this many lines more than the live
+/// state needs, so a long-lived node's journal stays proportional to its pods.
+pub const COMPACT_SLACK: usize = 4096;
 
 impl Journal {
     /// Replays `dir/podcidr.journal` (if any) into `pool`, compacts it, and opens it for
@@ -132,12 +139,35 @@ impl Journal {
             Err(e) => return Err(io_err(&path, "read", e)),
         };
         pool.expire_cooldowns(now_ms);
-        compact(dir, &path, pool, now_ms)?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, "open", e))?;
-        Ok((Journal { path, file }, replay))
+        let lines = compact(dir, &path, pool, now_ms)?;
+        let file = open_append(&path)?;
+        Ok((
+            Journal {
+                dir: dir.to_path_buf(),
+                path,
+                file,
+                lines,
+            },
+            replay,
+        ))
+    }
+
+    /// Rewrites the journal as `pool`'s live state if it has grown [`COMPACT_SLACK`]
+    /// lines beyond it; returns whether it did. Crash-safe like the start-up compaction.
+    pub fn maybe_compact(&mut self, pool: &mut Pool, now_ms: u64) -> Result<bool, IpamError> {
+        let live = pool.assignments().count() + pool.cooling(now_ms).count();
+        if self.lines < live + COMPACT_SLACK {
+            return Ok(false);
+        }
+        pool.expire_cooldowns(now_ms);
+        self.lines = compact(&self.dir, &self.path, pool, now_ms)?;
+        // The old file was renamed over; appends must go to the new one.
+        self.file = open_append(&self.path)?;
+        Ok(true)
+    }
+
+    pub fn lines(&self) -> usize {
+        self.lines
     }
 
     /// Appends one record and waits until it is on disk.
@@ -147,7 +177,9 @@ impl Journal {
         self.file
             .write_all(&line)
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| io_err(&self.path, "append to", e))
+            .map_err(|e| io_err(&self.path, "append to", e))?;
+        self.lines += 1;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -185,8 +217,16 @@ fn replay(path: &Path, bytes: &[u8], pool: &mut Pool) -> Result<Replay, IpamErro
     Ok(out)
 }
 
-/// Writes the pool's live state to a new file and renames it over the journal.
-fn compact(dir: &Path, path: &Path, pool: &Pool, now_ms: u64) -> Result<(), IpamError> {
+fn open_append(path: &Path) -> Result<File, IpamError> {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| io_err(path, "open", e))
+}
+
+/// Writes the pool's live state to a new file and renames it over the journal;
+/// returns the number of lines written.
+fn compact(dir: &Path, path: &Path, pool: &Pool, now_ms: u64) -> Result<usize, IpamError> {
     let tmp = dir.join(format!("{JOURNAL_FILE}.tmp"));
     let mut records: Vec<(AttachmentKey, Record)> = pool
         .assignments()
@@ -195,6 +235,7 @@ fn compact(dir: &Path, path: &Path, pool: &Pool, now_ms: u64) -> Result<(), Ipam
     records.sort_by(|a, b| a.0.cmp(&b.0));
     let mut cooling: Vec<_> = pool.cooling(now_ms).collect();
     cooling.sort();
+    let lines = records.len() + cooling.len();
     let mut buf = Vec::new();
     for (_, r) in &records {
         serde_json::to_writer(&mut buf, r).expect("a journal record always serialises");
@@ -220,7 +261,8 @@ fn compact(dir: &Path, path: &Path, pool: &Pool, now_ms: u64) -> Result<(), Ipam
     // The rename is durable only once the directory is.
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, "fsync", e))
+        .map_err(|e| io_err(dir, "fsync", e))?;
+    Ok(lines)
 }
 
 fn io_err(path: &Path, op: &str, source: io::Error) -> IpamError {

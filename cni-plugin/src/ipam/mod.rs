@@ -124,6 +124,7 @@ impl PodCidrIpam {
         // handed out twice after a crash.
         self.journal.append(&Record::assign(&key, &a))?;
         self.pool.insert(key, a)?;
+        self.compact_if_needed(now_ms);
         Ok((ip, false))
     }
 
@@ -138,7 +139,23 @@ impl PodCidrIpam {
             ip: a.ip,
             ts: now_ms,
         })?;
-        Ok(self.pool.remove(key, now_ms).map(|a| a.ip))
+        let released = self.pool.remove(key, now_ms).map(|a| a.ip);
+        self.compact_if_needed(now_ms);
+        Ok(released)
+    }
+
+    /// The change is already on disk; a failed compaction only leaves a longer journal
+    /// (the old file stays in place until the rename), so it is logged, not returned.
+    fn compact_if_needed(&mut self, now_ms: u64) {
+        match self.journal.maybe_compact(&mut self.pool, now_ms) {
+            Ok(true) => tracing::info!(lines = self.journal.lines(), "journal compacted"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("journal compaction failed, will retry: {e}"),
+        }
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     pub fn stats(&self, now_ms: u64) -> PoolStats {
@@ -310,6 +327,33 @@ mod tests {
                 .unwrap()
                 .starts_with("garbage")
         );
+    }
+
+    #[test]
+    fn a_running_journal_is_compacted_when_it_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ipam, _) = PodCidrIpam::open(cidr(), dir.path(), 0).unwrap();
+        ipam.add(key("keep"), meta("keep"), 0).unwrap();
+        // Add/del cycles far apart in time, so releases do not stay cooling down.
+        let mut now = 0;
+        for i in 0..journal::COMPACT_SLACK {
+            now += COOLDOWN_MS;
+            let k = key(&format!("c{i}"));
+            ipam.add(k.clone(), meta("x"), now).unwrap();
+            ipam.del(&k, now).unwrap();
+        }
+        // 1 + 2 * COMPACT_SLACK lines were appended; compaction kept the file within
+        // the slack of the live state (one assignment, one cooling release).
+        let lines = ipam.journal().lines();
+        assert!(lines <= journal::COMPACT_SLACK + 2, "{lines} lines");
+        let text = std::fs::read_to_string(dir.path().join(journal::JOURNAL_FILE)).unwrap();
+        assert_eq!(text.lines().count(), lines);
+        drop(ipam);
+        // The compacted, then appended-to journal replays to the same state.
+        let (ipam, replay) = PodCidrIpam::open(cidr(), dir.path(), now).unwrap();
+        assert_eq!(replay.records, lines);
+        assert_eq!(ipam.pool().get(&key("keep")).unwrap().ip, ip(2));
+        assert_eq!(ipam.stats(now).assigned, 1);
     }
 
     #[test]

@@ -324,16 +324,40 @@ async fn del(args: &CniArgs, conf: &NetConf) -> Result<(), CniError> {
         }
     };
 
-    let veth = host_veth(args);
+    // Host veth names are per pod, so after a sandbox was replaced the name may belong
+    // to the newer sandbox: only a pair whose pod side still exists in this DEL's netns
+    // is ours. Without it (netns gone, repeated DEL, failed ADD) our pair is already
+    // gone, since a veth dies with its peer.
+    let veth = if pod_side_exists(args).await {
+        host_veth(args)
+    } else {
+        GONE_VETH.to_string()
+    };
     match prev.or(released) {
+        // Removes the host route and rules of `ip` unless they lead to another link
+        // (the address already serves a newer pod), then the pair.
         Some(ip) => teardown_pod_network(&veth, ip).await.map_err(net_error),
-        // No address known: nothing of ours can be routed to it; the veth is all.
+        // No address known: nothing of ours can be routed to it; the pair is all.
         None => {
             let host = host_netlink().map_err(net_error)?;
             delete_link(&host, &veth).await.map_err(net_error)?;
             Ok(())
         }
     }
+}
+
+/// A name no link has (host veths are "eni" + hex): tearing down "through" it removes
+/// only an address's stale routes and rules, never a link.
+const GONE_VETH: &str = "vpccni-gone";
+
+async fn pod_side_exists(args: &CniArgs) -> bool {
+    let (Some(netns), Some(ifname)) = (&args.netns, &args.ifname) else {
+        return false;
+    };
+    let Ok(inside) = NetNs::open(netns).and_then(|ns| ns.netlink()) else {
+        return false;
+    };
+    matches!(find_link(&inside, ifname).await, Ok(Some(_)))
 }
 
 async fn check(args: &CniArgs, conf: &NetConf) -> Result<(), CniError> {
