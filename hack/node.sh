@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# One of our nodes: runtime-shim + kubelet (+ CNI), joined to a control plane started by
-# control-plane.sh, pulling through a registry started by registry.sh. All state is
-# private to D. Until ipamd's modes are wired in, pods are networked by the reference
-# ptp + host-local plugins from the node's pod CIDR.
+# One of our nodes: ipamd (podcidr mode) + runtime-shim + kubelet, with vpc-cni (chained
+# with the reference portmap plugin) networking pods from the node's pod CIDR, joined to a
+# control plane started by control-plane.sh and pulling through a registry started by
+# registry.sh. All state is private to D.
 #
 #   node.sh run --dir D [--owner-pid P] --control-plane CP_DIR --registry REG_DIR
 #               --node NAME [--pod-cidr CIDR]
 #   node.sh start|stop --dir D [...]
 #
-# `run` publishes in D/env: NODE_NAME, CRI_SOCKET, KUBELET_PID, RUNTIME_SHIM_PID.
+# `run` publishes in D/env: NODE_NAME, CRI_SOCKET, IPAMD_PID, KUBELET_PID, RUNTIME_SHIM_PID.
 . "$(dirname "$0")/lib.sh"
 
 BIN_DIR="${NODERT_BIN_DIR:-$CARGO_TARGET_DIR/debug}"
@@ -31,7 +31,7 @@ cmd_run() {
     done
     [ -n "$node" ] && [ -n "$CP_DIR" ] && [ -n "$reg_dir" ] ||
         die "--control-plane DIR, --registry DIR and --node NAME are required"
-    for b in kubelet runtime-shim vpc-cni; do
+    for b in kubelet runtime-shim vpc-cni ipamd; do
         [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b not built: run cargo build --bins (or set NODERT_BIN_DIR)"
     done
     NODE="$node"
@@ -41,10 +41,15 @@ cmd_run() {
     rm -f "$DIR/ready"
     mkdir -p "$DIR/net.d" "$DIR/kubelet"
 
-    cat >"$DIR/net.d/10-pods.conflist" <<EOF
-{"cniVersion":"0.4.0","name":"pods-$node","plugins":[{"type":"ptp","ipMasq":true,
- "ipam":{"type":"host-local","dataDir":"$DIR/ipam","ranges":[[{"subnet":"$cidr"}]],
- "routes":[{"dst":"0.0.0.0/0"}]}},{"type":"portmap","capabilities":{"portMappings":true}}]}
+    "$BIN_DIR/ipamd" --mode podcidr --pod-cidr "$cidr" --socket "$DIR/ipamd.sock" \
+        --state-dir "$DIR/ipamd" >"$DIR/ipamd.log" 2>&1 &
+    PIDS+=($!)
+    publish IPAMD_PID $!
+    wait_for "ipamd" 30 test -S "$DIR/ipamd.sock"
+    cat >"$DIR/net.d/10-vpc-cni.conflist" <<EOF
+{"cniVersion":"1.0.0","name":"pods-$node","plugins":[
+ {"type":"vpc-cni","ipamdSocket":"$DIR/ipamd.sock","mtu":1500},
+ {"type":"portmap","capabilities":{"portMappings":true},"snat":true}]}
 EOF
     local mirrors=() m
     for m in $(grep '^MIRRORS=' "$reg_dir/env" | cut -d= -f2-); do mirrors+=(--registry-mirror "$m"); done
@@ -82,7 +87,7 @@ $(tail -20 "$DIR/kubelet.log")"
 teardown() {
     local kc=("$KUBE_BIN_DIR/kubectl" --kubeconfig "$CP_DIR/admin.kubeconfig")
     # Drain first, so the kubelet tears every pod down through the runtime and CNI.
-    if [ -n "${NODE:-}" ] && [ ${#PIDS[@]} -eq 2 ] && kill -0 "${PIDS[1]}" 2>/dev/null; then
+    if [ -n "${NODE:-}" ] && [ ${#PIDS[@]} -eq 3 ] && kill -0 "${PIDS[2]}" 2>/dev/null; then
         # Cordon first, or controllers put replacement pods right back on this node.
         "${kc[@]}" cordon "$NODE" >/dev/null 2>&1 || true
         "${kc[@]}" delete pods -A --field-selector "spec.nodeName=$NODE" --wait=false >/dev/null 2>&1 || true
@@ -92,7 +97,9 @@ teardown() {
         done
         "${kc[@]}" delete node "$NODE" >/dev/null 2>&1 || true
     fi
-    [ ${#PIDS[@]} -eq 0 ] || reap_children "${PIDS[@]}"
+    # The kubelet and runtime first; ipamd last, so DELs during shutdown still reach it.
+    [ ${#PIDS[@]} -le 1 ] || reap_children "${PIDS[@]:1}"
+    [ ${#PIDS[@]} -eq 0 ] || reap_children "${PIDS[0]}"
     # Whatever a drain could not remove (a node torn down without its API server).
     local b id
     for b in "$DIR"/shim-root/containers/*/bundle; do
