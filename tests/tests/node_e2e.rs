@@ -1,11 +1,11 @@
-//! Our whole node against the real control plane: kubelet + runtime-shim + CNI run a
+//! Our whole node against the real control plane: kubelet + runtime-shim + vpc-cni/ipamd run a
 //! Deployment with plain kubectl, serve traffic on the pod IPs, survive a runtime-shim
 //! crash, and give everything back when scaled to zero.
 
 use std::time::{Duration, Instant};
 
 use node_tests::control_plane::ControlPlane;
-use node_tests::fixture::run_ok;
+use node_tests::fixture::{bin_path, run_ok, terminate};
 use node_tests::kubelet::{Kubelet, KubeletNode};
 use node_tests::registry::Registry;
 use node_tests::runtime_shim::{RuntimeShim, ShimDirs};
@@ -28,6 +28,15 @@ fn eventually<T>(
     panic!("{what} did not happen within {timeout:?} {last}");
 }
 
+/// The test's ipamd, stopped however the test ends.
+struct Ipamd(std::process::Child);
+
+impl Drop for Ipamd {
+    fn drop(&mut self) {
+        terminate(&mut self.0, Duration::from_secs(5));
+    }
+}
+
 fn pods(cp: &ControlPlane, selector: &str) -> Vec<serde_json::Value> {
     let out = cp
         .kubectl(&["get", "pods", "-n", "default", "-l", selector, "-o", "json"])
@@ -43,15 +52,29 @@ fn a_deployment_runs_serves_and_scales_to_zero_on_our_node() {
     let dirs = ShimDirs::new().unwrap();
     let subnet_third = 100 + std::process::id() % 100;
     let subnet = format!("10.225.{subnet_third}.0/24");
+    // Our CNI: ipamd in podcidr mode behind vpc-cni.
+    let ipamd_sock = dirs.base.join("ipamd.sock");
+    let _ipamd = Ipamd(
+        std::process::Command::new(bin_path("ipamd"))
+            .args(["--mode", "podcidr", "--pod-cidr", &subnet, "--socket"])
+            .arg(&ipamd_sock)
+            .arg("--state-dir")
+            .arg(dirs.base.join("ipamd"))
+            .stderr(std::fs::File::create(dirs.base.join("ipamd.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("ipamd socket", Duration::from_secs(10), || {
+        Ok(ipamd_sock.exists().then_some(()))
+    });
     std::fs::create_dir_all(dirs.cni_conf_dir()).unwrap();
     std::fs::write(
         dirs.cni_conf_dir().join("10-e2e.conflist"),
         format!(
-            r#"{{"cniVersion":"0.4.0","name":"e2e-{pid}","plugins":[{{"type":"ptp","ipMasq":false,
-                "ipam":{{"type":"host-local","dataDir":"{dir}","ranges":[[{{"subnet":"{subnet}"}}]],
-                "routes":[{{"dst":"0.0.0.0/0"}}]}}}}]}}"#,
+            r#"{{"cniVersion":"1.0.0","name":"e2e-{pid}","plugins":[
+                {{"type":"vpc-cni","ipamdSocket":"{sock}","mtu":1500}}]}}"#,
             pid = std::process::id(),
-            dir = dirs.base.join("ipam").display(),
+            sock = ipamd_sock.display(),
         ),
     )
     .unwrap();
@@ -137,19 +160,14 @@ fn a_deployment_runs_serves_and_scales_to_zero_on_our_node() {
         Ok(pods(cp, &selector).is_empty().then_some(()))
     });
     // Every IP is back in the pool and nothing of the pods is left.
-    let ipam = dirs
-        .base
-        .join("ipam")
-        .join(format!("e2e-{}", std::process::id()));
-    let held: Vec<String> = std::fs::read_dir(&ipam)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("10."))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(held.is_empty(), "IPs still allocated: {held:?}");
+    let status = run_ok(
+        std::process::Command::new(bin_path("ipamd"))
+            .args(["status", "--socket"])
+            .arg(&ipamd_sock),
+    )
+    .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["assigned"], 0, "IPs still assigned: {status}");
     let sandboxes = std::fs::read_dir(dirs.root().join("sandboxes"))
         .unwrap()
         .count();
