@@ -121,10 +121,15 @@ pub fn build(
         );
     let caps = capabilities(&sec)?;
     process = process.capabilities(
+        // Inheritable and ambient stay empty (oci-spec's builder would otherwise fill
+        // them with its defaults): ambient capabilities would reach non-root processes,
+        // and an ambient capability outside the permitted set makes runc fail.
         LinuxCapabilitiesBuilder::default()
             .bounding(caps.clone())
             .effective(caps.clone())
             .permitted(caps)
+            .inheritable(oci_spec::runtime::Capabilities::new())
+            .ambient(oci_spec::runtime::Capabilities::new())
             .build()?,
     );
     let resources = linux_cfg.resources.clone().unwrap_or_default();
@@ -516,6 +521,45 @@ mod tests {
         let u = resolve_user(r.path(), &sec, "").unwrap();
         assert_eq!((u.uid, u.gid), (1000, 1000));
         assert_eq!(u.groups, vec![1000, 1234, 50000]);
+    }
+
+    #[test]
+    fn no_ambient_or_inheritable_capabilities() {
+        let r = rootfs();
+        let image = ImageRecord {
+            id: crate::image::reference::Digest::of(b"i"),
+            repo_tags: vec![],
+            repo_digests: vec![],
+            size: 0,
+            layers: vec![],
+            config: crate::image::store::RuntimeConfig {
+                cmd: vec!["sh".into()],
+                ..Default::default()
+            },
+            pinned: false,
+        };
+        let ctx = SandboxContext {
+            netns: None,
+            ipcns: None,
+            utsns: None,
+            hostname: "h",
+            etc_files: vec![],
+            cgroup_parent: "",
+            shm: None,
+            sysctls: HashMap::new(),
+        };
+        let built = build("id", &ContainerConfig::default(), &image, r.path(), &ctx).unwrap();
+        let caps = built
+            .spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        assert!(caps.ambient().as_ref().unwrap().is_empty());
+        assert!(caps.inheritable().as_ref().unwrap().is_empty());
+        assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
     }
 
     #[test]
