@@ -24,7 +24,7 @@ BIN="$CARGO_TARGET_DIR/release"
 WORK="$(mktemp -d /tmp/nodert-bench.XXXXXX)"
 SHIM_PID=""
 cleanup() {
-    [ -n "$SHIM_PID" ] && kill "$SHIM_PID" 2>/dev/null && wait "$SHIM_PID" 2>/dev/null
+    if [ -n "$SHIM_PID" ]; then reap_children "$SHIM_PID"; fi
     "$REPO_ROOT/hack/reference-node.sh" stop --dir "$WORK/containerd" >/dev/null 2>&1 || true
     "$REPO_ROOT/hack/registry.sh" stop --dir "$WORK/registry" >/dev/null 2>&1 || true
     rm -rf "$WORK"

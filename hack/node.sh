@@ -103,7 +103,7 @@ teardown() {
     # Whatever a drain could not remove (a node torn down without its API server).
     local b id
     for b in "$DIR"/shim-root/containers/*/bundle; do
-        [ -f "$b/monitor.pid" ] && kill -KILL "$(cat "$b/monitor.pid")" 2>/dev/null
+        if [ -f "$b/monitor.pid" ]; then kill -KILL "$(cat "$b/monitor.pid")" 2>/dev/null || true; fi
         id="$(basename "$(dirname "$b")")"
         runc --root "$DIR/shim-state/runc" delete --force "$id" >/dev/null 2>&1 || true
         for c in /sys/fs/cgroup/*/runtime-shim/"$id"; do rmdir "$c" 2>/dev/null || true; done
