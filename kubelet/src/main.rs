@@ -115,10 +115,8 @@ async fn run(flags: Flags) -> Result<()> {
             client: client.clone(),
             cri: cri.clone(),
             host_ip,
-            // clusterDNS/clusterDomain are not read from the config yet: pods get the
-            // node's resolv.conf (dnsPolicy Default behaviour).
-            cluster_dns: vec![],
-            cluster_domain: "cluster.local".into(),
+            cluster_dns: settings.cluster_dns.clone(),
+            cluster_domain: settings.cluster_domain.clone(),
             runtime_name,
             uid: String::new(),
         };

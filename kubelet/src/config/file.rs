@@ -32,6 +32,10 @@ pub struct KubeletConfigFile {
     pub container_runtime_endpoint: Option<String>,
     #[serde(rename = "providerID")]
     pub provider_id: Option<String>,
+    /// DNS servers for dnsPolicy ClusterFirst pods.
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: Option<Vec<String>>,
+    pub cluster_domain: Option<String>,
 }
 
 impl KubeletConfigFile {
@@ -60,6 +64,17 @@ impl KubeletConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_cluster_dns() {
+        let f = KubeletConfigFile::parse(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             clusterDNS: [10.96.0.10]\nclusterDomain: cluster.local\n",
+        )
+        .unwrap();
+        assert_eq!(f.cluster_dns, Some(vec!["10.96.0.10".to_string()]));
+        assert_eq!(f.cluster_domain.as_deref(), Some("cluster.local"));
+    }
 
     #[test]
     fn reads_the_fields_we_act_on() {

@@ -42,6 +42,9 @@ pub struct Settings {
     pub node_status_update_frequency: Duration,
     pub node_status_report_frequency: Duration,
     pub node_lease_duration_seconds: i32,
+    /// clusterDNS / clusterDomain from the config file (ClusterFirst pods).
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
     pub verbosity: u8,
 }
 
@@ -191,6 +194,11 @@ impl Settings {
             node_status_update_frequency,
             node_status_report_frequency,
             node_lease_duration_seconds,
+            cluster_dns: file.cluster_dns.clone().unwrap_or_default(),
+            cluster_domain: file
+                .cluster_domain
+                .clone()
+                .unwrap_or_else(|| "cluster.local".into()),
             verbosity: flags.verbosity,
         })
     }
