@@ -24,7 +24,8 @@ SA_ISSUER=https://kubernetes.default.svc.cluster.local
 
 kubectl_admin() { "$KUBE_BIN_DIR/kubectl" --kubeconfig "$DIR/admin.kubeconfig" "$@"; }
 
-# cert NAME CN [O] [SAN]: a key and a certificate signed by the instance's CA.
+# cert NAME CN [O] [SAN]: a key and a certificate signed by the instance's CA. Random
+# serials, not a shared serial file: tests mint node credentials concurrently.
 cert() {
     local name="$1" cn="$2" org="${3:-}" san="${4:-}" subj="/CN=$2"
     [ -n "$org" ] && subj="/O=$org$subj"
@@ -38,7 +39,7 @@ cert() {
         [ -n "$san" ] && echo "subjectAltName=$san"
     } >"$ext"
     openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
-        -CAcreateserial -days 365 -sha256 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
+        -set_serial "0x$(openssl rand -hex 16)" -days 365 -sha256 -extfile "$ext" -out "$PKI/$name.crt" 2>/dev/null
     rm -f "$PKI/$name.csr" "$ext"
 }
 
