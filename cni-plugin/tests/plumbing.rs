@@ -5,7 +5,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use cni_plugin::net::{
@@ -13,6 +12,9 @@ use cni_plugin::net::{
     teardown_pod_network,
 };
 use serde_json::Value;
+
+mod common;
+use common::{ip_json, ping, quiet, run};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -89,53 +91,11 @@ impl Drop for TestPod {
     }
 }
 
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn quiet(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn ip_json(args: &[&str]) -> Vec<Value> {
-    let out = run("ip", &[&["-j"], args].concat());
-    if out.trim().is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {out}"))
-}
-
 fn flags(link: &Value) -> Vec<&str> {
     link["flags"]
         .as_array()
         .map(|f| f.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default()
-}
-
-/// `ping` where installed, busybox's otherwise; `ns` runs it inside that namespace.
-fn ping(ns: Option<&str>, target: &str) -> bool {
-    let ping: &[&str] = if quiet("sh", &["-c", "command -v ping"]) {
-        &["ping"]
-    } else {
-        &["busybox", "ping"]
-    };
-    let mut argv: Vec<&str> = match ns {
-        Some(ns) => vec!["ip", "netns", "exec", ns],
-        None => vec![],
-    };
-    argv.extend_from_slice(ping);
-    argv.extend_from_slice(&["-c", "1", "-W", "2", target]);
-    quiet(argv[0], &argv[1..])
 }
 
 async fn setup(pod: &TestPod) -> PodLinks {

@@ -15,6 +15,13 @@ use cni_plugin::rpc::{self, pb};
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
+mod common;
+use common::{ip_json, quiet, run};
+
+fn ping(target: &str) -> bool {
+    common::ping(None, target)
+}
+
 const IPAMD: &str = env!("CARGO_BIN_EXE_ipamd");
 const VPC_CNI: &str = env!("CARGO_BIN_EXE_vpc-cni");
 
@@ -265,32 +272,6 @@ fn success(out: &Output, what: &str) {
     );
 }
 
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn quiet(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn ip_json(args: &[&str]) -> Vec<Value> {
-    let out = run("ip", &[&["-j"], args].concat());
-    if out.trim().is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {out}"))
-}
-
 fn link_exists(name: &str) -> bool {
     ip_json(&["link", "show"])
         .iter()
@@ -301,17 +282,6 @@ fn host_route_exists(ip: Ipv4Addr) -> bool {
     ip_json(&["route", "show", "table", "main"])
         .iter()
         .any(|r| r["dst"] == ip.to_string().as_str())
-}
-
-/// `ping` where installed, busybox's otherwise.
-fn ping(target: &str) -> bool {
-    let mut argv: Vec<&str> = if quiet("sh", &["-c", "command -v ping"]) {
-        vec!["ping"]
-    } else {
-        vec!["busybox", "ping"]
-    };
-    argv.extend_from_slice(&["-c", "1", "-W", "2", target]);
-    quiet(argv[0], &argv[1..])
 }
 
 #[test]

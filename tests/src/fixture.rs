@@ -71,6 +71,31 @@ pub fn process_running(pid: &str) -> bool {
     }
 }
 
+/// Polls `f` every 250 ms until it yields a value or `timeout` passes; on timeout, the
+/// last error (or "condition not met").
+pub fn try_eventually<T>(
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> std::result::Result<T, String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("never checked");
+    while Instant::now() < deadline {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => last = "condition not met".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(last)
+}
+
+/// [`try_eventually`], panicking with `what` and the last error on timeout.
+pub fn eventually<T>(what: &str, timeout: Duration, f: impl FnMut() -> Result<Option<T>>) -> T {
+    try_eventually(timeout, f)
+        .unwrap_or_else(|last| panic!("{what} did not happen within {timeout:?}: {last}"))
+}
+
 /// A name no other test run (or concurrent test) on this machine can use: tag, pid, counter.
 pub fn unique_name(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -3,32 +3,18 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use node_tests::control_plane::{ControlPlane, kubectl_as, kubectl_stdin};
 use node_tests::ec2::{Ec2Emulator, xml_field};
-use node_tests::fixture::{process_running, run_ok, unique_name};
+use node_tests::fixture::{eventually, process_running, run_ok, unique_name};
 use node_tests::reference_node::ReferenceNode;
 use node_tests::registry::Registry;
 use sha2::{Digest, Sha256};
 
 fn node_manifest(name: &str) -> String {
     format!("{{\"apiVersion\":\"v1\",\"kind\":\"Node\",\"metadata\":{{\"name\":\"{name}\"}}}}")
-}
-
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("never checked");
-    while Instant::now() < deadline {
-        match f() {
-            Ok(Some(v)) => return v,
-            Ok(None) => last = "condition not met".into(),
-            Err(e) => last = format!("{e:#}"),
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!("{what} did not happen within {timeout:?}: {last}");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use node_tests::control_plane::ControlPlane;
+use node_tests::fixture::try_eventually;
 use node_tests::kubelet::{Kubelet, KubeletNode};
 use node_tests::reference_node::ReferenceNode;
 use node_tests::registry::Registry;
@@ -42,30 +43,26 @@ fn condition<'a>(node: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
-/// Polls `f` until it yields a value; panics with the last error and the kubelet's log.
+/// Polls `f` until it yields a value; panics with the last error and the kubelet's log,
+/// or at once if the kubelet exits.
 fn eventually<T>(
     what: &str,
     timeout: Duration,
     kubelet: &mut Kubelet,
     mut f: impl FnMut() -> Result<Option<T>>,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("never checked");
-    while Instant::now() < deadline {
+    let result = try_eventually(timeout, || {
         if let Err(e) = kubelet.check_running() {
             panic!("{what}: {e:#}");
         }
-        match f() {
-            Ok(Some(v)) => return v,
-            Ok(None) => last = "condition not met".into(),
-            Err(e) => last = format!("{e:#}"),
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    panic!(
-        "{what} did not happen within {timeout:?}: {last}\nkubelet log:\n{}",
-        kubelet.log_text()
-    );
+        f()
+    });
+    result.unwrap_or_else(|last| {
+        panic!(
+            "{what} did not happen within {timeout:?}: {last}\nkubelet log:\n{}",
+            kubelet.log_text()
+        )
+    })
 }
 
 fn wait_ready(

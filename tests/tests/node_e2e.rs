@@ -2,31 +2,13 @@
 //! Deployment with plain kubectl, serve traffic on the pod IPs, survive a runtime-shim
 //! crash, and give everything back when scaled to zero.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use node_tests::control_plane::ControlPlane;
-use node_tests::fixture::{bin_path, run_ok, terminate};
+use node_tests::fixture::{bin_path, eventually, run_ok, terminate};
 use node_tests::kubelet::{Kubelet, KubeletNode};
 use node_tests::registry::Registry;
 use node_tests::runtime_shim::{RuntimeShim, ShimDirs};
-
-fn eventually<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match f() {
-            Ok(Some(v)) => return v,
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("{what} did not happen within {timeout:?} {last}");
-}
 
 /// The test's ipamd, stopped however the test ends.
 struct Ipamd(std::process::Child);
