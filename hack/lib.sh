@@ -100,6 +100,41 @@ serve_until_stopped() {
     if [ -n "${OWNER_PID:-}" ] && ! kill -0 "$OWNER_PID" 2>/dev/null; then rm -f "$RUN_DIR.log"; fi
 }
 
+# wait_node_ready CP_DIR NODE KUBELET_PID LOG SECONDS: until the Node reports Ready=True;
+# dies with the kubelet's log if the kubelet exits first.
+wait_node_ready() {
+    local cp="$1" node="$2" pid="$3" logfile="$4" secs="$5"
+    node_is_ready() {
+        kill -0 "$pid" || die "kubelet exited; $logfile ends with:
+$(tail -20 "$logfile")"
+        "$KUBE_BIN_DIR/kubectl" --kubeconfig "$cp/admin.kubeconfig" get node "$node" \
+            -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True
+    }
+    wait_for "node $node Ready" "$secs" node_is_ready
+}
+
+# sweep_runtime_shim ROOT STATE BASE: removes from the kernel whatever a runtime-shim with
+# --root ROOT and --state STATE left behind (it keeps containers running on purpose):
+# monitors and containers, their cgroups, pinned pod namespaces, and every mount under
+# BASE. The safety net of node teardown and of test fixtures, after a graceful path.
+sweep_runtime_shim() {
+    local root="$1" state="$2" base="$3" b id c
+    for b in "$root"/containers/*/bundle; do
+        [ -d "$b" ] || continue
+        if [ -f "$b/monitor.pid" ]; then kill -KILL "$(cat "$b/monitor.pid")" 2>/dev/null || true; fi
+        id="$(basename "$(dirname "$b")")"
+        runc --root "$state/runc" delete --force "$id" >/dev/null 2>&1 || true
+        for c in /sys/fs/cgroup/*/runtime-shim/"$id"; do rmdir "$c" 2>/dev/null || true; done
+    done
+    for b in "$root"/sandboxes/*.json; do
+        [ -f "$b" ] || continue
+        id="$(basename "$b" .json)"
+        umount "/var/run/netns/runtime-shim-${id:0:16}" 2>/dev/null || true
+        rm -f "/var/run/netns/runtime-shim-${id:0:16}"
+    done
+    grep " $base/" /proc/self/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+}
+
 # start_detached WHAT --dir D [args]: the background form of the calling script's `run`
 # (used by local-up.sh): detached from the terminal, logging to D.log; returns once
 # D/ready exists.

@@ -70,14 +70,7 @@ EOF
         --root-dir "$DIR/kubelet/root" --cert-dir "$DIR/kubelet/pki" >"$DIR/kubelet.log" 2>&1 &
     PIDS+=($!)
     publish KUBELET_PID $!
-    local kubelet_pid=$!
-    node_ready() {
-        kill -0 "$kubelet_pid" || die "kubelet exited; $DIR/kubelet.log ends with:
-$(tail -20 "$DIR/kubelet.log")"
-        "$KUBE_BIN_DIR/kubectl" --kubeconfig "$CP_DIR/admin.kubeconfig" get node "$node" \
-            -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True
-    }
-    wait_for "node $node Ready" 60 node_ready
+    wait_node_ready "$CP_DIR" "$node" $! "$DIR/kubelet.log" 60
     publish NODE_NAME "$node"
     publish CRI_SOCKET "$DIR/cri.sock"
     log "node $node ready"
@@ -101,20 +94,7 @@ teardown() {
     [ ${#PIDS[@]} -le 1 ] || reap_children "${PIDS[@]:1}"
     [ ${#PIDS[@]} -eq 0 ] || reap_children "${PIDS[0]}"
     # Whatever a drain could not remove (a node torn down without its API server).
-    local b id
-    for b in "$DIR"/shim-root/containers/*/bundle; do
-        if [ -f "$b/monitor.pid" ]; then kill -KILL "$(cat "$b/monitor.pid")" 2>/dev/null || true; fi
-        id="$(basename "$(dirname "$b")")"
-        runc --root "$DIR/shim-state/runc" delete --force "$id" >/dev/null 2>&1 || true
-        for c in /sys/fs/cgroup/*/runtime-shim/"$id"; do rmdir "$c" 2>/dev/null || true; done
-    done
-    for b in "$DIR"/shim-root/sandboxes/*.json; do
-        [ -f "$b" ] || continue
-        id="$(basename "$b" .json)"
-        umount "/var/run/netns/runtime-shim-${id:0:16}" 2>/dev/null || true
-        rm -f "/var/run/netns/runtime-shim-${id:0:16}"
-    done
-    grep " $DIR/" /proc/self/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+    sweep_runtime_shim "$DIR/shim-root" "$DIR/shim-state" "$DIR"
     rm -rf "$DIR"
 }
 

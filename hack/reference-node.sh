@@ -199,14 +199,7 @@ cmd_run() {
         >"$DIR/kubelet.log" 2>&1 &
     PIDS+=($!)
     publish KUBELET_PID $!
-    local kubelet_pid=$!
-    node_ready() {
-        kill -0 "$kubelet_pid" || die "kubelet exited; $DIR/kubelet.log ends with:
-$(tail -20 "$DIR/kubelet.log")"
-        "$KUBE_BIN_DIR/kubectl" --kubeconfig "$CP_DIR/admin.kubeconfig" get node "$node" \
-            -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True
-    }
-    wait_for "node $node Ready" 120 node_ready
+    wait_node_ready "$CP_DIR" "$node" $! "$DIR/kubelet.log" 120
     publish NODE_NAME "$node"
     publish KUBELET_PORT "$port"
     log "reference node $node ready"

@@ -11,7 +11,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::fixture::{bin_path, terminate, unique_name};
+use crate::fixture::{bin_path, repo_root, terminate, unique_name};
 use crate::registry::Registry;
 
 /// Directories that outlive one runtime-shim process, so restarts can be tested.
@@ -38,63 +38,21 @@ impl ShimDirs {
 
 impl Drop for ShimDirs {
     /// Removes everything a runtime-shim on these dirs may have left in the kernel,
-    /// so a test that fails half-way leaks nothing: monitors and containers, pinned
-    /// namespaces, mounts, cgroups.
+    /// so a test that fails half-way leaks nothing; the sweep is hack/lib.sh's, the one
+    /// node teardown uses.
     fn drop(&mut self) {
-        let containers = self.root().join("containers");
-        for id in read_names(&containers) {
-            let bundle = containers.join(&id).join("bundle");
-            if let Some(pid) = std::fs::read_to_string(bundle.join("monitor.pid"))
-                .ok()
-                .and_then(|p| p.trim().parse::<i32>().ok())
-            {
-                // SAFETY: kill(2) with a pid we read; a stale pid at worst hits nothing.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(self.base.join("state/runc"))
-                .args(["delete", "--force", &id])
-                .output();
-            for controller in read_names(Path::new("/sys/fs/cgroup")) {
-                let _ = std::fs::remove_dir(
-                    Path::new("/sys/fs/cgroup")
-                        .join(controller)
-                        .join("runtime-shim")
-                        .join(&id),
-                );
-            }
-        }
-        for id in read_names(&self.root().join("sandboxes")) {
-            if let Some(hex) = id.strip_suffix(".json") {
-                let netns = format!("/var/run/netns/runtime-shim-{}", &hex[..16.min(hex.len())]);
-                let _ = Command::new("umount").arg(&netns).output();
-                let _ = std::fs::remove_file(&netns);
-            }
-        }
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let base = self.base.display().to_string();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(1))
-            .filter(|m| m.starts_with(&base))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").args(["-l", m]).output();
-        }
+        let script = format!(
+            ". {}/hack/lib.sh && sweep_runtime_shim \"$1\" \"$2\" \"$3\"",
+            repo_root().display()
+        );
+        let _ = Command::new("bash")
+            .args(["-c", &script, "sweep"])
+            .arg(self.root())
+            .arg(self.base.join("state"))
+            .arg(&self.base)
+            .status();
         let _ = std::fs::remove_dir_all(&self.base);
     }
-}
-
-fn read_names(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 pub struct RuntimeShim {

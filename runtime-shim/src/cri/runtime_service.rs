@@ -53,6 +53,22 @@ impl RuntimeServiceImpl {
         (state, live)
     }
 
+    /// Containers matching a CRI filter's ID prefix, sandbox ID prefix and labels (the
+    /// fields ContainerFilter and ContainerStatsFilter share).
+    fn matching_containers(
+        &self,
+        id: &str,
+        sandbox_id: &str,
+        labels: &HashMap<String, String>,
+    ) -> Vec<ContainerRecord> {
+        self.rt
+            .list_container_records()
+            .into_iter()
+            .filter(|c| c.id.starts_with(id) && c.sandbox_id.starts_with(sandbox_id))
+            .filter(|c| labels_match(&c.config.labels, labels))
+            .collect()
+    }
+
     fn stats(&self, rec: &ContainerRecord) -> ContainerStats {
         let u = self.rt.container_usage(rec);
         let now = crate::runtime::now_nanos();
@@ -333,14 +349,8 @@ impl RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<ListContainersResponse>, Status> {
         let filter = r.into_inner().filter.unwrap_or_default();
         let containers = self
-            .rt
-            .list_container_records()
+            .matching_containers(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)
             .iter()
-            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|c| {
-                filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
-            })
-            .filter(|c| labels_match(&c.config.labels, &filter.label_selector))
             .map(|c| self.to_container(c))
             .filter(|c| filter.state.as_ref().is_none_or(|s| s.state == c.state))
             .collect();
@@ -462,14 +472,8 @@ impl RuntimeService for RuntimeServiceImpl {
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         let filter = r.into_inner().filter.unwrap_or_default();
         let stats = self
-            .rt
-            .list_container_records()
+            .matching_containers(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)
             .iter()
-            .filter(|c| filter.id.is_empty() || c.id.starts_with(&filter.id))
-            .filter(|c| {
-                filter.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&filter.pod_sandbox_id)
-            })
-            .filter(|c| labels_match(&c.config.labels, &filter.label_selector))
             .map(|c| self.stats(c))
             .collect();
         Ok(Response::new(ListContainerStatsResponse { stats }))
