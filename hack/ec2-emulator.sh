@@ -29,7 +29,7 @@ cmd_run() {
     done
     [ -x "$VENV_DIR/bin/moto_server" ] || die "moto not installed: run hack/install-deps.sh"
     PIDS=()
-    trap '[ ${#PIDS[@]} -eq 0 ] || reap_children "${PIDS[@]}"; rm -rf "$dir"' EXIT
+    trap '[ ${#PIDS[@]} -eq 0 ] || reap_children "${PIDS[@]}"; rm -rf "$RUN_DIR"' EXIT
     : >"$dir/env"
     rm -f "$dir/ready"
 

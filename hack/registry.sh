@@ -17,6 +17,7 @@ SEED="$NODERT_CACHE/registry-seed"
 
 cmd_run() {
     parse_run_args "$@"
+    # RUN_DIR, not a local: the EXIT trap runs after cmd_run has returned.
     local dir htpasswd=""
     dir="$(cd "$RUN_DIR" && pwd)"
     RUN_DIR="$dir"
@@ -30,7 +31,7 @@ cmd_run() {
     [ -d "$SEED/storage" ] || die "no test images in $SEED: run hack/images.sh"
     command -v docker-registry >/dev/null || die "docker-registry not installed: run hack/install-deps.sh"
     REG_PID=""
-    trap 'if [ -n "$REG_PID" ]; then reap_children "$REG_PID"; fi; rm -rf "$dir"' EXIT
+    trap 'if [ -n "$REG_PID" ]; then reap_children "$REG_PID"; fi; rm -rf "$RUN_DIR"' EXIT
     : >"$dir/env"
     rm -f "$dir/ready"
 
