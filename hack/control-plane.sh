@@ -6,16 +6,24 @@
 # BoundServiceAccountTokenVolume. Random free ports and a private data dir, so several
 # instances (parallel tests) never collide.
 #
-#   control-plane.sh run --dir D [--owner-pid P]   foreground; tears down on TERM or when P exits
-#   control-plane.sh start --dir D                 the same in the background; returns when ready
+#   control-plane.sh run --dir D [--owner-pid P] [--advertise-address IP]
+#                                                  foreground; tears down on TERM or when P exits
+#   control-plane.sh start --dir D [...]           the same in the background; returns when ready
 #   control-plane.sh stop --dir D
 #   control-plane.sh status --dir D                exit 0 when the apiserver is ready
 #   control-plane.sh node-credentials --dir D --node NAME
 #                                                  prints a kubeconfig path for system:node:NAME
 #   control-plane.sh bootstrap-token --dir D       prints a bootstrap kubeconfig path (kubeadm-style token)
 #
-# `run` publishes in D/env: KUBECONFIG (admin, system:masters), APISERVER_URL, CA_CERT,
-# CA_KEY, SA_KEY, SA_PUB, DATA_DIR, ETCD_URL and the components' PIDs.
+# The apiserver listens on loopback; --advertise-address IP makes it listen on IP instead
+# (an address of this host, e.g. the bridge local-up.sh puts its node namespaces on), so
+# nodes in other network namespaces, and pods through the `kubernetes` Service, reach it.
+# Every kubeconfig names that address. etcd, the controller-manager and the scheduler stay
+# on loopback.
+#
+# `run` publishes in D/env: KUBECONFIG (admin, system:masters), KUBE_PROXY_KUBECONFIG
+# (system:kube-proxy), APISERVER_URL, CA_CERT, CA_KEY, SA_KEY, SA_PUB, DATA_DIR, ETCD_URL
+# and the components' PIDs.
 . "$(dirname "$0")/lib.sh"
 
 SERVICE_CIDR=10.96.0.0/16
@@ -84,11 +92,13 @@ make_pki() {
     cert etcd etcd "" "IP:127.0.0.1,DNS:localhost"
     cert apiserver-etcd-client kube-apiserver-etcd-client
     cert apiserver kube-apiserver "" \
-        "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+        "IP:$API_HOST,IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
     cert admin kubernetes-admin system:masters
     cert controller-manager system:kube-controller-manager
     cert scheduler system:kube-scheduler
+    # Bound to the system:node-proxier ClusterRole by the apiserver's default RBAC.
+    cert kube-proxy system:kube-proxy
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
 }
@@ -121,6 +131,14 @@ cmd_run() {
     parse_run_args "$@"
     DIR="$(cd "$RUN_DIR" && pwd)"
     RUN_DIR="$DIR"
+    API_HOST=127.0.0.1
+    set -- "${RUN_ARGS[@]}"
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --advertise-address) API_HOST="$2"; shift 2 ;;
+            *) die "unknown flag $1" ;;
+        esac
+    done
     [ -x "$KUBE_BIN_DIR/kube-apiserver" ] || die "kube-apiserver not built: run hack/build-kubernetes.sh"
     command -v etcd >/dev/null || die "etcd not installed: run hack/install-deps.sh"
     PIDS=()
@@ -132,7 +150,7 @@ cmd_run() {
     make_pki
     local etcd_port etcd_peer api_port
     etcd_port="$(free_port)" etcd_peer="$(free_port)" api_port="$(free_port)"
-    echo "https://127.0.0.1:$api_port" >"$DIR/apiserver-url"
+    echo "https://$API_HOST:$api_port" >"$DIR/apiserver-url"
 
     spawn etcd etcd --name nodert --data-dir "$DIR/etcd" \
         --listen-client-urls "https://127.0.0.1:$etcd_port" \
@@ -148,7 +166,7 @@ cmd_run() {
 
     local gates=BoundServiceAccountTokenVolume=true
     spawn apiserver "$KUBE_BIN_DIR/kube-apiserver" \
-        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+        --bind-address="$API_HOST" --advertise-address="$API_HOST" \
         --secure-port="$api_port" --insecure-port=0 \
         --etcd-servers="https://127.0.0.1:$etcd_port" --etcd-cafile="$PKI/ca.crt" \
         --etcd-certfile="$PKI/apiserver-etcd-client.crt" --etcd-keyfile="$PKI/apiserver-etcd-client.key" \
@@ -173,6 +191,7 @@ cmd_run() {
     kubeconfig "$DIR/admin.kubeconfig" admin --cert admin
     kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager --cert controller-manager
     kubeconfig "$DIR/scheduler.kubeconfig" scheduler --cert scheduler
+    kubeconfig "$DIR/kube-proxy.kubeconfig" kube-proxy --cert kube-proxy
 
     spawn controller_manager "$KUBE_BIN_DIR/kube-controller-manager" \
         --kubeconfig="$DIR/controller-manager.kubeconfig" \
@@ -202,7 +221,8 @@ cmd_run() {
     alive_or_die scheduler
 
     publish KUBECONFIG "$DIR/admin.kubeconfig"
-    publish APISERVER_URL "https://127.0.0.1:$api_port"
+    publish KUBE_PROXY_KUBECONFIG "$DIR/kube-proxy.kubeconfig"
+    publish APISERVER_URL "https://$API_HOST:$api_port"
     publish ETCD_URL "https://127.0.0.1:$etcd_port"
     publish CA_CERT "$PKI/ca.crt"
     publish CA_KEY "$PKI/ca.key"
@@ -211,7 +231,7 @@ cmd_run() {
     publish SERVICE_CIDR "$SERVICE_CIDR"
     publish CLUSTER_CIDR "$CLUSTER_CIDR"
     publish DATA_DIR "$DIR"
-    log "control plane ready at https://127.0.0.1:$api_port in $((SECONDS - t0))s"
+    log "control plane ready at https://$API_HOST:$api_port in $((SECONDS - t0))s"
     serve_until_stopped
 }
 

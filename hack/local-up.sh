@@ -22,6 +22,13 @@ case "$MODE" in eni|podcidr) ;; *) die "--mode must be eni or podcidr" ;; esac
 
 LOCAL_DIR="${NODERT_LOCAL_DIR:-/var/lib/nodert-local}"
 mkdir -p "$LOCAL_DIR"
+# The nodes' network: every node is a network namespace with one port on this bridge; the
+# host (control plane, registry, EC2 emulator) is its gateway.
+BRIDGE=nodert0
+NODE_NET=172.30.0
+GATEWAY="$NODE_NET.1"
+node_ip() { echo "$NODE_NET.$((10 + $1))"; }
+pod_cidr() { echo "10.244.$((100 + $1)).0/24"; }
 
 log "[1/5] installing prerequisites"
 "$REPO_ROOT/hack/install-deps.sh"
@@ -29,10 +36,16 @@ log "[1/5] installing prerequisites"
 "$REPO_ROOT/hack/images.sh"
 
 log "[2/5] control plane"
+if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$GATEWAY/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+fi
 if [ -f "$LOCAL_DIR/control-plane/ready" ] && "$REPO_ROOT/hack/control-plane.sh" status --dir "$LOCAL_DIR/control-plane" >/dev/null 2>&1; then
     log "control plane already running"
 else
-    "$REPO_ROOT/hack/control-plane.sh" start --dir "$LOCAL_DIR/control-plane"
+    "$REPO_ROOT/hack/control-plane.sh" start --dir "$LOCAL_DIR/control-plane" \
+        --advertise-address "$GATEWAY"
 fi
 KUBECONFIG_PATH="$(grep '^KUBECONFIG=' "$LOCAL_DIR/control-plane/env" | cut -d= -f2-)"
 
@@ -50,7 +63,7 @@ if [ "$MODE" = eni ]; then
     fi
 fi
 
-log "[4/5] nodes (kubelet + runtime-shim + CNI)"
+log "[4/5] nodes (kubelet + runtime-shim + CNI + kube-proxy, each in its own network namespace)"
 log "building our binaries"
 (cd "$REPO_ROOT" && cargo build --bins --locked -q)
 [ "$MODE" = podcidr ] || warn "--mode eni: nodes are not emulated EC2 instances yet; pods get IPs from each node's pod CIDR"
@@ -60,9 +73,18 @@ for i in $(seq 1 "$NODES"); do
         log "node nodert-node-$i already running"
     else
         "$REPO_ROOT/hack/node.sh" start --dir "$d" --control-plane "$LOCAL_DIR/control-plane" \
-            --registry "$LOCAL_DIR/registry" --node "nodert-node-$i" --pod-cidr "10.244.$((100 + i)).0/24"
+            --registry "$LOCAL_DIR/registry" --node "nodert-node-$i" --pod-cidr "$(pod_cidr "$i")" \
+            --bridge "$BRIDGE" --node-ip "$(node_ip "$i")/24" --gateway "$GATEWAY"
         log "node nodert-node-$i ready"
     fi
+done
+# Pod CIDRs are routed to their node, from the host and from every other node.
+# TODO(issue 4): ipamd's podcidr mode should program these from the Node objects.
+for i in $(seq 1 "$NODES"); do
+    ip route replace "$(pod_cidr "$i")" via "$(node_ip "$i")"
+    for j in $(seq 1 "$NODES"); do
+        [ "$i" = "$j" ] || ip -n "nodert-nodert-node-$j" route replace "$(pod_cidr "$i")" via "$(node_ip "$i")"
+    done
 done
 
 log "[5/5] demo workload"

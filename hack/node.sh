@@ -6,9 +6,21 @@
 #
 #   node.sh run --dir D [--owner-pid P] --control-plane CP_DIR --registry REG_DIR
 #               --node NAME [--pod-cidr CIDR]
+#               [--bridge BR --node-ip IP/PREFIX --gateway GW [--cluster-cidr CIDR]]
 #   node.sh start|stop --dir D [...]
 #
-# `run` publishes in D/env: NODE_NAME, CRI_SOCKET, IPAMD_PID, KUBELET_PID, RUNTIME_SHIM_PID.
+# With --bridge the node is a machine of its own on the network: a network namespace
+# `nodert-NAME` whose eth0 (IP/PREFIX) is a veth port of bridge BR on this host, with a
+# default route via GW. The daemons join only its network namespace (nsenter --net; not
+# `ip netns exec`, whose private mount namespace would hide the runtime's mounts from its
+# next incarnation), the kubelet serves :10250 on IP, and the upstream kube-proxy 1.20.2
+# runs there in iptables mode, as on EKS. The control plane must then listen on an address
+# of BR's subnet (control-plane.sh --advertise-address). The registry stays on this host's
+# loopback: a relay makes it appear on the node's loopback, the only place runtime-shim
+# takes a plain-HTTP mirror from.
+#
+# `run` publishes in D/env: NODE_NAME, CRI_SOCKET, IPAMD_PID, KUBELET_PID, RUNTIME_SHIM_PID,
+# and with --bridge NETNS, NODE_IP, KUBE_PROXY_PID.
 . "$(dirname "$0")/lib.sh"
 
 BIN_DIR="${NODERT_BIN_DIR:-$CARGO_TARGET_DIR/debug}"
@@ -17,8 +29,9 @@ cmd_run() {
     parse_run_args "$@"
     DIR="$(cd "$RUN_DIR" && pwd)"
     RUN_DIR="$DIR"
-    local node="" reg_dir="" cidr="10.244.100.0/24"
-    CP_DIR=""
+    local node="" reg_dir="" cidr="10.244.100.0/24" bridge="" node_ip="" gateway=""
+    local cluster_cidr=10.244.0.0/16
+    CP_DIR="" NETNS=""
     set -- "${RUN_ARGS[@]}"
     while [ $# -gt 0 ]; do
         case "$1" in
@@ -26,6 +39,10 @@ cmd_run() {
             --registry) reg_dir="$(cd "$2" && pwd)"; shift 2 ;;
             --node) node="$2"; shift 2 ;;
             --pod-cidr) cidr="$2"; shift 2 ;;
+            --bridge) bridge="$2"; shift 2 ;;
+            --node-ip) node_ip="$2"; shift 2 ;;
+            --gateway) gateway="$2"; shift 2 ;;
+            --cluster-cidr) cluster_cidr="$2"; shift 2 ;;
             *) die "unknown flag $1" ;;
         esac
     done
@@ -34,14 +51,31 @@ cmd_run() {
     for b in kubelet runtime-shim vpc-cni ipamd; do
         [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b not built: run cargo build --bins (or set NODERT_BIN_DIR)"
     done
+    if [ -n "$bridge" ]; then
+        [ -n "$node_ip" ] && [ -n "$gateway" ] || die "--bridge needs --node-ip IP/PREFIX and --gateway GW"
+        ip link show "$bridge" >/dev/null 2>&1 || die "bridge $bridge does not exist"
+    fi
     NODE="$node"
-    PIDS=()
+    PIDS=() AUX_PIDS=()
     trap teardown EXIT
     : >"$DIR/env"
     rm -f "$DIR/ready"
     mkdir -p "$DIR/net.d" "$DIR/kubelet"
 
-    "$BIN_DIR/ipamd" --mode podcidr --pod-cidr "$cidr" --socket "$DIR/ipamd.sock" \
+    # IN_NODE: the prefix that runs a command in the node's network namespace.
+    IN_NODE=()
+    local kubelet_addr=127.0.0.1 kubelet_port
+    kubelet_port="$(free_port)"
+    if [ -n "$bridge" ]; then
+        make_node_netns "$bridge" "$node_ip" "$gateway"
+        IN_NODE=(nsenter "--net=/var/run/netns/$NETNS" --)
+        relay_registry "$reg_dir"
+        kubelet_addr=0.0.0.0 kubelet_port=10250
+        publish NETNS "$NETNS"
+        publish NODE_IP "${node_ip%/*}"
+    fi
+
+    "${IN_NODE[@]}" "$BIN_DIR/ipamd" --mode podcidr --pod-cidr "$cidr" --socket "$DIR/ipamd.sock" \
         --state-dir "$DIR/ipamd" >"$DIR/ipamd.log" 2>&1 &
     PIDS+=($!)
     publish IPAMD_PID $!
@@ -53,28 +87,73 @@ cmd_run() {
 EOF
     local mirrors=() m
     for m in $(grep '^MIRRORS=' "$reg_dir/env" | cut -d= -f2-); do mirrors+=(--registry-mirror "$m"); done
-    "$BIN_DIR/runtime-shim" --listen "unix://$DIR/cri.sock" --root "$DIR/shim-root" \
+    "${IN_NODE[@]}" "$BIN_DIR/runtime-shim" --listen "unix://$DIR/cri.sock" --root "$DIR/shim-root" \
         --state "$DIR/shim-state" --cni-conf-dir "$DIR/net.d" --cni-bin-dir "/usr/lib/cni:$BIN_DIR" \
         --cni-cache-dir "$DIR/cni-cache" "${mirrors[@]}" >"$DIR/runtime-shim.log" 2>&1 &
     PIDS+=($!)
     publish RUNTIME_SHIM_PID $!
     wait_for "runtime-shim" 30 test -S "$DIR/cri.sock"
 
-    local kubeconfig port
+    local kubeconfig node_ip_flag=()
     kubeconfig="$("$REPO_ROOT/hack/control-plane.sh" node-credentials --dir "$CP_DIR" --node "$node")"
-    port="$(free_port)"
-    printf 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: 127.0.0.1\nport: %s\n' \
-        "$port" >"$DIR/kubelet/config.yaml"
-    "$BIN_DIR/kubelet" --kubeconfig "$kubeconfig" --config "$DIR/kubelet/config.yaml" \
+    printf 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: %s\nport: %s\n' \
+        "$kubelet_addr" "$kubelet_port" >"$DIR/kubelet/config.yaml"
+    [ -z "$node_ip" ] || node_ip_flag=(--node-ip "${node_ip%/*}")
+    "${IN_NODE[@]}" "$BIN_DIR/kubelet" --kubeconfig "$kubeconfig" --config "$DIR/kubelet/config.yaml" \
         --container-runtime-endpoint "unix://$DIR/cri.sock" --hostname-override "$node" \
-        --root-dir "$DIR/kubelet/root" --cert-dir "$DIR/kubelet/pki" >"$DIR/kubelet.log" 2>&1 &
+        --root-dir "$DIR/kubelet/root" --cert-dir "$DIR/kubelet/pki" "${node_ip_flag[@]}" \
+        >"$DIR/kubelet.log" 2>&1 &
     PIDS+=($!)
     publish KUBELET_PID $!
     wait_node_ready "$CP_DIR" "$node" $! "$DIR/kubelet.log" 60
+    if [ -n "$bridge" ]; then
+        local kp_kubeconfig
+        kp_kubeconfig="$(grep '^KUBE_PROXY_KUBECONFIG=' "$CP_DIR/env" | cut -d= -f2-)"
+        # conntrack limits and timeouts are host-wide sysctls: leave them to the host.
+        "${IN_NODE[@]}" "$KUBE_BIN_DIR/kube-proxy" --kubeconfig "$kp_kubeconfig" \
+            --hostname-override "$node" --proxy-mode iptables --cluster-cidr "$cluster_cidr" \
+            --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 \
+            --conntrack-tcp-timeout-close-wait 0 --metrics-bind-address 127.0.0.1:10249 \
+            --healthz-bind-address 127.0.0.1:10256 >"$DIR/kube-proxy.log" 2>&1 &
+        AUX_PIDS+=($!)
+        publish KUBE_PROXY_PID $!
+        wait_for "kube-proxy" 60 "${IN_NODE[@]}" bash -c \
+            "kill -0 $! && curl -sf http://127.0.0.1:10256/healthz >/dev/null"
+    fi
     publish NODE_NAME "$node"
     publish CRI_SOCKET "$DIR/cri.sock"
     log "node $node ready"
     serve_until_stopped
+}
+
+# make_node_netns BRIDGE IP/PREFIX GATEWAY: the node's namespace, wired to BRIDGE.
+make_node_netns() {
+    local bridge="$1" addr="$2" gw="$3" host_if
+    NETNS="nodert-$NODE"
+    # Interface names are at most 15 bytes: name the host end after a hash of the node.
+    host_if="nrt$(printf %s "$NODE" | sha256sum | cut -c1-10)"
+    ip netns add "$NETNS"
+    ip link add "$host_if" type veth peer name eth0 netns "$NETNS"
+    ip link set "$host_if" master "$bridge" up
+    ip -n "$NETNS" link set lo up
+    ip -n "$NETNS" addr add "$addr" dev eth0
+    ip -n "$NETNS" link set eth0 up
+    ip -n "$NETNS" route add default via "$gw"
+    # A node routes its pods' traffic; these sysctls are per network namespace.
+    ip netns exec "$NETNS" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
+        net.ipv4.conf.default.rp_filter=0
+}
+
+# relay_registry REG_DIR: the registry's loopback port, on the node's loopback too.
+relay_registry() {
+    local addr port sock="$DIR/registry-relay.sock"
+    addr="$(grep '^REGISTRY=' "$1/env" | cut -d= -f2-)"
+    port="${addr##*:}"
+    socat "UNIX-LISTEN:$sock,fork,mode=600" "TCP:$addr" &
+    AUX_PIDS+=($!)
+    wait_for "registry relay socket" 10 test -S "$sock"
+    "${IN_NODE[@]}" socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$sock" &
+    AUX_PIDS+=($!)
 }
 
 teardown() {
@@ -90,11 +169,15 @@ teardown() {
         done
         "${kc[@]}" delete node "$NODE" >/dev/null 2>&1 || true
     fi
+    [ ${#AUX_PIDS[@]} -eq 0 ] || reap_children "${AUX_PIDS[@]}"
     # The kubelet and runtime first; ipamd last, so DELs during shutdown still reach it.
     [ ${#PIDS[@]} -le 1 ] || reap_children "${PIDS[@]:1}"
     [ ${#PIDS[@]} -eq 0 ] || reap_children "${PIDS[0]}"
     # Whatever a drain could not remove (a node torn down without its API server).
     sweep_runtime_shim "$DIR/shim-root" "$DIR/shim-state" "$DIR"
+    # The pods' host-side veths and the node's eth0 go with the namespace; the host end of
+    # eth0 goes with its peer.
+    [ -z "${NETNS:-}" ] || ip netns del "$NETNS" 2>/dev/null || true
     rm -rf "$DIR"
 }
 
