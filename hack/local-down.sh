@@ -1,22 +1,13 @@
 #!/usr/bin/env bash
 # Removes everything hack/local-up.sh created: processes, namespaces, links, rules,
-# mounts, cgroups and state dirs.
+# mounts, cgroups and state dirs (cluster.sh's teardown does the work).
 . "$(dirname "$0")/lib.sh"
 require_root
 LOCAL_DIR="${NODERT_LOCAL_DIR:-/var/lib/nodert-local}"
-[ -d "$LOCAL_DIR" ] || { ip link del nodert0 2>/dev/null || true; log "nothing to remove"; exit 0; }
-for d in "$LOCAL_DIR"/node-*; do
-    [ -d "$d" ] || continue
-    log "stopping $(basename "$d")"
-    "$REPO_ROOT/hack/node.sh" stop --dir "$d" || warn "stopping $d failed"
-done
-for comp in ec2-emulator registry control-plane; do
-    if [ -d "$LOCAL_DIR/$comp" ]; then
-        log "stopping $comp"
-        "$REPO_ROOT/hack/$comp.sh" stop --dir "$LOCAL_DIR/$comp" || warn "stopping $comp failed"
-    fi
-done
-# The pod CIDR routes through it go with the bridge.
-ip link del nodert0 2>/dev/null || true
+[ -d "$LOCAL_DIR" ] || { log "nothing to remove"; exit 0; }
+if [ -d "$LOCAL_DIR/cluster" ]; then
+    log "stopping the cluster (nodes drain first)"
+    "$REPO_ROOT/hack/cluster.sh" stop --dir "$LOCAL_DIR/cluster" || warn "stopping the cluster failed"
+fi
 rm -rf "$LOCAL_DIR"
 log "local cluster removed"

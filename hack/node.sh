@@ -10,7 +10,7 @@
 #   node.sh start|stop --dir D [...]
 #
 # With --bridge the node is a machine of its own on the network: a network namespace
-# `nodert-NAME` whose eth0 (IP/PREFIX) is a veth port of bridge BR on this host, with a
+# named NAME whose eth0 (IP/PREFIX) is a veth port of bridge BR on this host, with a
 # default route via GW. The daemons join only its network namespace (nsenter --net; not
 # `ip netns exec`, whose private mount namespace would hide the runtime's mounts from its
 # next incarnation), the kubelet serves :10250 on IP, and the upstream kube-proxy 1.20.2
@@ -129,7 +129,7 @@ EOF
 # make_node_netns BRIDGE IP/PREFIX GATEWAY: the node's namespace, wired to BRIDGE.
 make_node_netns() {
     local bridge="$1" addr="$2" gw="$3" host_if
-    NETNS="nodert-$NODE"
+    NETNS="$NODE"
     # Interface names are at most 15 bytes: name the host end after a hash of the node.
     host_if="nrt$(printf %s "$NODE" | sha256sum | cut -c1-10)"
     ip netns add "$NETNS"
