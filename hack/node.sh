@@ -19,7 +19,8 @@
 # loopback: a relay makes it appear on the node's loopback, the only place runtime-shim
 # takes a plain-HTTP mirror from.
 #
-# `run` publishes in D/env: NODE_NAME, CRI_SOCKET, IPAMD_PID, KUBELET_PID, RUNTIME_SHIM_PID,
+# `run` publishes in D/env: NODE_NAME, CRI_SOCKET, IPAMD_PID, KUBELET_PID, RUNTIME_SHIM_PID
+# (first pids; the daemons are restarted when they exit, D/<daemon>.pid has the current one),
 # and with --bridge NETNS, NODE_IP, KUBE_PROXY_PID.
 . "$(dirname "$0")/lib.sh"
 
@@ -75,10 +76,8 @@ cmd_run() {
         publish NODE_IP "${node_ip%/*}"
     fi
 
-    "${IN_NODE[@]}" "$BIN_DIR/ipamd" --mode podcidr --pod-cidr "$cidr" --socket "$DIR/ipamd.sock" \
-        --state-dir "$DIR/ipamd" >"$DIR/ipamd.log" 2>&1 &
-    PIDS+=($!)
-    publish IPAMD_PID $!
+    supervise ipamd "${IN_NODE[@]}" "$BIN_DIR/ipamd" --mode podcidr --pod-cidr "$cidr" \
+        --socket "$DIR/ipamd.sock" --state-dir "$DIR/ipamd"
     wait_for "ipamd" 30 test -S "$DIR/ipamd.sock"
     cat >"$DIR/net.d/10-vpc-cni.conflist" <<EOF
 {"cniVersion":"1.0.0","name":"pods-$node","plugins":[
@@ -87,11 +86,9 @@ cmd_run() {
 EOF
     local mirrors=() m
     for m in $(grep '^MIRRORS=' "$reg_dir/env" | cut -d= -f2-); do mirrors+=(--registry-mirror "$m"); done
-    "${IN_NODE[@]}" "$BIN_DIR/runtime-shim" --listen "unix://$DIR/cri.sock" --root "$DIR/shim-root" \
-        --state "$DIR/shim-state" --cni-conf-dir "$DIR/net.d" --cni-bin-dir "/usr/lib/cni:$BIN_DIR" \
-        --cni-cache-dir "$DIR/cni-cache" "${mirrors[@]}" >"$DIR/runtime-shim.log" 2>&1 &
-    PIDS+=($!)
-    publish RUNTIME_SHIM_PID $!
+    supervise runtime-shim "${IN_NODE[@]}" "$BIN_DIR/runtime-shim" --listen "unix://$DIR/cri.sock" \
+        --root "$DIR/shim-root" --state "$DIR/shim-state" --cni-conf-dir "$DIR/net.d" \
+        --cni-bin-dir "/usr/lib/cni:$BIN_DIR" --cni-cache-dir "$DIR/cni-cache" "${mirrors[@]}"
     wait_for "runtime-shim" 30 test -S "$DIR/cri.sock"
 
     local kubeconfig node_ip_flag=()
@@ -99,13 +96,11 @@ EOF
     printf 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: %s\nport: %s\n' \
         "$kubelet_addr" "$kubelet_port" >"$DIR/kubelet/config.yaml"
     [ -z "$node_ip" ] || node_ip_flag=(--node-ip "${node_ip%/*}")
-    "${IN_NODE[@]}" "$BIN_DIR/kubelet" --kubeconfig "$kubeconfig" --config "$DIR/kubelet/config.yaml" \
-        --container-runtime-endpoint "unix://$DIR/cri.sock" --hostname-override "$node" \
-        --root-dir "$DIR/kubelet/root" --cert-dir "$DIR/kubelet/pki" "${node_ip_flag[@]}" \
-        >"$DIR/kubelet.log" 2>&1 &
-    PIDS+=($!)
-    publish KUBELET_PID $!
-    wait_node_ready "$CP_DIR" "$node" $! "$DIR/kubelet.log" 60
+    supervise kubelet "${IN_NODE[@]}" "$BIN_DIR/kubelet" --kubeconfig "$kubeconfig" \
+        --config "$DIR/kubelet/config.yaml" --container-runtime-endpoint "unix://$DIR/cri.sock" \
+        --hostname-override "$node" --root-dir "$DIR/kubelet/root" --cert-dir "$DIR/kubelet/pki" \
+        "${node_ip_flag[@]}"
+    wait_node_ready "$CP_DIR" "$node" "${PIDS[2]}" "$DIR/kubelet.log" 60
     if [ -n "$bridge" ]; then
         local kp_kubeconfig
         kp_kubeconfig="$(grep '^KUBE_PROXY_KUBECONFIG=' "$CP_DIR/env" | cut -d= -f2-)"
@@ -124,6 +119,31 @@ EOF
     publish CRI_SOCKET "$DIR/cri.sock"
     log "node $node ready"
     serve_until_stopped
+}
+
+# supervise NAME CMD...: runs CMD, and again a second after each exit, as systemd's
+# Restart=always does on a real node: killing a daemon is how tests prove restarts lose
+# nothing. Output is appended to $DIR/NAME.log; the daemon's current pid is in
+# $DIR/NAME.pid and its first one is published as NAME_PID (IPAMD_PID, ...). The
+# supervisor's pid goes to PIDS; TERM to it stops the daemon and the loop.
+supervise() {
+    local name="$1"; shift
+    rm -f "$DIR/$name.pid"
+    (
+        child=""
+        trap '[ -z "$child" ] || kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
+        while true; do
+            "$@" >>"$DIR/$name.log" 2>&1 &
+            child=$!
+            echo "$child" >"$DIR/$name.pid"
+            wait "$child" || true
+            sleep 1
+        done
+    ) &
+    PIDS+=($!)
+    wait_for "$name to start" 10 test -s "$DIR/$name.pid"
+    local var="${name^^}"
+    publish "${var//-/_}_PID" "$(cat "$DIR/$name.pid")"
 }
 
 # make_node_netns BRIDGE IP/PREFIX GATEWAY: the node's namespace, wired to BRIDGE.
