@@ -4,6 +4,7 @@
 # follow the instance's ENIs in moto.
 #
 #   ec2-emulator.sh run --dir D [--owner-pid P] [--instances N] [--instance-type TYPE]
+#                       [--vpc-cidr CIDR --subnet-cidr CIDR]   (default 10.0.0.0/16, 10.0.0.0/20)
 #   ec2-emulator.sh start --dir D [...]      the same in the background
 #   ec2-emulator.sh stop --dir D
 #
@@ -16,7 +17,7 @@ PY="$VENV_DIR/bin/python"
 
 cmd_run() {
     parse_run_args "$@"
-    local dir instances=1 type=m5.large
+    local dir instances=1 type=m5.large cidrs=()
     dir="$(cd "$RUN_DIR" && pwd)"
     RUN_DIR="$dir"
     set -- "${RUN_ARGS[@]}"
@@ -24,6 +25,7 @@ cmd_run() {
         case "$1" in
             --instances) instances="$2"; shift 2 ;;
             --instance-type) type="$2"; shift 2 ;;
+            --vpc-cidr|--subnet-cidr) cidrs+=("$1" "$2"); shift 2 ;;
             *) die "unknown flag $1" ;;
         esac
     done
@@ -42,7 +44,7 @@ cmd_run() {
     wait_for "moto on $endpoint" 60 bash -c "kill -0 $moto_pid && curl -sf $endpoint/moto-api/"
 
     "$PY" "$REPO_ROOT/hack/imds/imds.py" setup --ec2-endpoint "$endpoint" \
-        --instances "$instances" --instance-type "$type" >"$dir/world.json"
+        --instances "$instances" --instance-type "$type" "${cidrs[@]}" >"$dir/world.json"
     local ids listen=() imds=() id p
     ids="$(jq -r '.instance_ids | join(" ")' "$dir/world.json")"
     for id in $ids; do

@@ -6,7 +6,8 @@
 #
 #   node.sh run --dir D [--owner-pid P] --control-plane CP_DIR --registry REG_DIR
 #               --node NAME [--pod-cidr CIDR]
-#               [--bridge BR --node-ip IP/PREFIX --gateway GW [--cluster-cidr CIDR]]
+#               [--bridge BR --node-ip IP/PREFIX --gateway GW [--cluster-cidr CIDR] [--mac MAC]]
+#               [--eni --ec2-endpoint URL --imds-endpoint URL --instance-type TYPE]
 #   node.sh start|stop --dir D [...]
 #
 # With --bridge the node is a machine of its own on the network: a network namespace
@@ -18,6 +19,12 @@
 # of BR's subnet (control-plane.sh --advertise-address). The registry stays on this host's
 # loopback: a relay makes it appear on the node's loopback, the only place runtime-shim
 # takes a plain-HTTP mirror from.
+#
+# With --eni (needs --bridge) the node is an emulated EC2 instance: eth0 is its primary
+# ENI (--mac, --node-ip), ipamd runs in `eni` mode against the EC2 emulator, and the
+# instance's IMDS appears at 169.254.169.254 inside the node, as on EC2; both are relayed
+# from this host's loopback. The kubelet's --max-pods comes from `ipamd max-pods`.
+# ipamd reads WARM_ENI_TARGET, WARM_IP_TARGET, ... from the environment, as aws-node does.
 #
 # `run` publishes in D/env: NODE_NAME, CRI_SOCKET, IPAMD_PID, KUBELET_PID, RUNTIME_SHIM_PID
 # (first pids; the daemons are restarted when they exit, D/<daemon>.pid has the current one),
@@ -31,7 +38,7 @@ cmd_run() {
     DIR="$(cd "$RUN_DIR" && pwd)"
     RUN_DIR="$DIR"
     local node="" reg_dir="" cidr="10.244.100.0/24" bridge="" node_ip="" gateway=""
-    local cluster_cidr=10.244.0.0/16
+    local cluster_cidr=10.244.0.0/16 mac="" eni="" ec2_endpoint="" imds_endpoint="" itype=""
     CP_DIR="" NETNS=""
     set -- "${RUN_ARGS[@]}"
     while [ $# -gt 0 ]; do
@@ -44,6 +51,11 @@ cmd_run() {
             --node-ip) node_ip="$2"; shift 2 ;;
             --gateway) gateway="$2"; shift 2 ;;
             --cluster-cidr) cluster_cidr="$2"; shift 2 ;;
+            --mac) mac="$2"; shift 2 ;;
+            --eni) eni=1; shift ;;
+            --ec2-endpoint) ec2_endpoint="$2"; shift 2 ;;
+            --imds-endpoint) imds_endpoint="$2"; shift 2 ;;
+            --instance-type) itype="$2"; shift 2 ;;
             *) die "unknown flag $1" ;;
         esac
     done
@@ -68,15 +80,27 @@ cmd_run() {
     local kubelet_addr=127.0.0.1 kubelet_port
     kubelet_port="$(free_port)"
     if [ -n "$bridge" ]; then
-        make_node_netns "$bridge" "$node_ip" "$gateway"
+        make_node_netns "$bridge" "$node_ip" "$gateway" "$mac"
         IN_NODE=(nsenter "--net=/var/run/netns/$NETNS" --)
-        relay_registry "$reg_dir"
+        relay_tcp registry "$(grep '^REGISTRY=' "$reg_dir/env" | cut -d= -f2-)" 127.0.0.1
         kubelet_addr=0.0.0.0 kubelet_port=10250
         publish NETNS "$NETNS"
         publish NODE_IP "${node_ip%/*}"
     fi
 
-    supervise ipamd "${IN_NODE[@]}" "$BIN_DIR/ipamd" --mode podcidr --pod-cidr "$cidr" \
+    local ipam_args=(--mode podcidr --pod-cidr "$cidr") max_pods=()
+    if [ -n "$eni" ]; then
+        [ -n "$bridge" ] && [ -n "$ec2_endpoint" ] && [ -n "$imds_endpoint" ] && [ -n "$itype" ] ||
+            die "--eni needs --bridge, --ec2-endpoint, --imds-endpoint and --instance-type"
+        local ec2_hostport="${ec2_endpoint#http://}" imds_hostport="${imds_endpoint#http://}"
+        relay_tcp ec2 "$ec2_hostport" 127.0.0.1
+        ip -n "$NETNS" addr add 169.254.169.254/32 dev lo
+        relay_tcp imds "$imds_hostport" 169.254.169.254 80
+        ipam_args=(--mode eni --ec2-endpoint "http://$ec2_hostport" --imds-endpoint http://169.254.169.254)
+        max_pods=(--max-pods "$("$BIN_DIR/ipamd" max-pods --instance-type "$itype")")
+    fi
+    AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-testing}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-testing}" \
+        supervise ipamd "${IN_NODE[@]}" "$BIN_DIR/ipamd" "${ipam_args[@]}" \
         --socket "$DIR/ipamd.sock" --state-dir "$DIR/ipamd"
     wait_for "ipamd" 30 test -S "$DIR/ipamd.sock"
     cat >"$DIR/net.d/10-vpc-cni.conflist" <<EOF
@@ -99,7 +123,7 @@ EOF
     supervise kubelet "${IN_NODE[@]}" "$BIN_DIR/kubelet" --kubeconfig "$kubeconfig" \
         --config "$DIR/kubelet/config.yaml" --container-runtime-endpoint "unix://$DIR/cri.sock" \
         --hostname-override "$node" --root-dir "$DIR/kubelet/root" --cert-dir "$DIR/kubelet/pki" \
-        "${node_ip_flag[@]}"
+        "${node_ip_flag[@]}" "${max_pods[@]}"
     wait_node_ready "$CP_DIR" "$node" "${PIDS[2]}" "$DIR/kubelet.log" 60
     if [ -n "$bridge" ]; then
         local kp_kubeconfig
@@ -146,14 +170,14 @@ supervise() {
     publish "${var//-/_}_PID" "$(cat "$DIR/$name.pid")"
 }
 
-# make_node_netns BRIDGE IP/PREFIX GATEWAY: the node's namespace, wired to BRIDGE.
+# make_node_netns BRIDGE IP/PREFIX GATEWAY [MAC]: the node's namespace, wired to BRIDGE.
 make_node_netns() {
-    local bridge="$1" addr="$2" gw="$3" host_if
+    local bridge="$1" addr="$2" gw="$3" mac="${4:-}" host_if
     NETNS="$NODE"
     # Interface names are at most 15 bytes: name the host end after a hash of the node.
     host_if="nrt$(printf %s "$NODE" | sha256sum | cut -c1-10)"
     ip netns add "$NETNS"
-    ip link add "$host_if" type veth peer name eth0 netns "$NETNS"
+    ip link add "$host_if" type veth peer name eth0 netns "$NETNS" ${mac:+address "$mac"}
     ip link set "$host_if" master "$bridge" up
     ip -n "$NETNS" link set lo up
     ip -n "$NETNS" addr add "$addr" dev eth0
@@ -164,15 +188,15 @@ make_node_netns() {
         net.ipv4.conf.default.rp_filter=0
 }
 
-# relay_registry REG_DIR: the registry's loopback port, on the node's loopback too.
-relay_registry() {
-    local addr port sock="$DIR/registry-relay.sock"
-    addr="$(grep '^REGISTRY=' "$1/env" | cut -d= -f2-)"
-    port="${addr##*:}"
-    socat "UNIX-LISTEN:$sock,fork,mode=600" "TCP:$addr" &
+# relay_tcp NAME HOST:PORT NODE_ADDR [NODE_PORT]: what listens on this host's loopback at
+# HOST:PORT, reachable inside the node at NODE_ADDR:NODE_PORT (default: the same port),
+# through a unix socket in D.
+relay_tcp() {
+    local name="$1" target="$2" addr="$3" port="${4:-${2##*:}}" sock="$DIR/$1-relay.sock"
+    socat "UNIX-LISTEN:$sock,fork,mode=600" "TCP:$target" &
     AUX_PIDS+=($!)
-    wait_for "registry relay socket" 10 test -S "$sock"
-    "${IN_NODE[@]}" socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$sock" &
+    wait_for "$name relay socket" 10 test -S "$sock"
+    "${IN_NODE[@]}" socat "TCP-LISTEN:$port,bind=$addr,fork,reuseaddr" "UNIX-CONNECT:$sock" &
     AUX_PIDS+=($!)
 }
 
