@@ -130,6 +130,9 @@ clusterDomain: cluster.local
 kubeAPIQPS: $qps
 kubeAPIBurst: $((qps * 2))
 serializeImagePulls: false
+# The KUBE-FIREWALL/KUBE-MARK-* chains it would add are host-wide and outlive it; this
+# node runs no kube-proxy that needs them.
+makeIPTablesUtilChains: false
 # Test machines run with little free disk; never evict for it.
 evictionHard: {memory.available: "1Mi", nodefs.available: "0%", imagefs.available: "0%"}
 imageGCHighThresholdPercent: 100
