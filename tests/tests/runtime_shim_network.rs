@@ -181,6 +181,31 @@ async fn pods_get_an_ip_that_answers_and_give_it_back() {
     }
     assert!(body.contains("node-runtime test web server"), "{body:?}");
 
+    // PodSandboxStats: the pod's interface counted that HTTP exchange, and its one
+    // container is in it with its processes.
+    let stats = rt
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest {
+            filter: Some(PodSandboxStatsFilter {
+                id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(stats.len(), 1, "{stats:?}");
+    let linux = stats[0].linux.clone().unwrap();
+    let eth0 = linux.network.unwrap().default_interface.unwrap();
+    assert_eq!(eth0.name, "eth0");
+    assert!(
+        eth0.rx_bytes.unwrap().value > 0 && eth0.tx_bytes.unwrap().value > 0,
+        "{eth0:?}"
+    );
+    assert_eq!(linux.containers.len(), 1);
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
+    assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+
     rt.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: pod.clone(),
     })

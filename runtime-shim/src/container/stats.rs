@@ -11,6 +11,8 @@ pub struct Usage {
     pub rss: u64,
     pub writable_bytes: u64,
     pub writable_inodes: u64,
+    /// Processes in the container's cgroup.
+    pub processes: u64,
 }
 
 fn read_u64(p: &Path) -> u64 {
@@ -46,6 +48,9 @@ pub fn collect(cgroups_path: &str, upper: &Path) -> Usage {
         rss: stat_field(&stat, "total_rss "),
         writable_bytes: bytes,
         writable_inodes: inodes,
+        processes: std::fs::read_to_string(mem.join("cgroup.procs"))
+            .map(|p| p.lines().count() as u64)
+            .unwrap_or(0),
     }
 }
 

@@ -69,6 +69,70 @@ impl RuntimeServiceImpl {
             .collect()
     }
 
+    /// A pod's usage: the sum of its containers' (there is no pod-level cgroup of ours to
+    /// read), and the counters of its network namespace's interfaces.
+    fn sandbox_stats(&self, sb: &crate::runtime::SandboxRecord) -> PodSandboxStats {
+        let now = crate::runtime::now_nanos();
+        let v = |value| Some(UInt64Value { value });
+        let containers = self.matching_containers("", &sb.id, &HashMap::new());
+        let mut total = crate::container::stats::Usage::default();
+        for c in &containers {
+            let u = self.rt.container_usage(c);
+            total.cpu_nanos += u.cpu_nanos;
+            total.memory_usage += u.memory_usage;
+            total.working_set += u.working_set;
+            total.rss += u.rss;
+            total.processes += u.processes;
+        }
+        let netns = sb.namespaces.as_ref().and_then(|ns| ns.net.as_deref());
+        let interfaces: Vec<NetworkInterfaceUsage> = netns
+            .and_then(|p| crate::sandbox::netstats::read(p).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| NetworkInterfaceUsage {
+                name: c.name,
+                rx_bytes: v(c.rx_bytes),
+                rx_errors: v(c.rx_errors),
+                tx_bytes: v(c.tx_bytes),
+                tx_errors: v(c.tx_errors),
+            })
+            .collect();
+        PodSandboxStats {
+            attributes: Some(PodSandboxAttributes {
+                id: sb.id.clone(),
+                metadata: sb.config.metadata.clone(),
+                labels: sb.config.labels.clone(),
+                annotations: sb.config.annotations.clone(),
+            }),
+            linux: Some(LinuxPodSandboxStats {
+                cpu: Some(CpuUsage {
+                    timestamp: now,
+                    usage_core_nano_seconds: v(total.cpu_nanos),
+                    usage_nano_cores: None,
+                }),
+                memory: Some(MemoryUsage {
+                    timestamp: now,
+                    working_set_bytes: v(total.working_set),
+                    usage_bytes: v(total.memory_usage),
+                    rss_bytes: v(total.rss),
+                    ..Default::default()
+                }),
+                // CNI names the pod's interface eth0 (CNI_IFNAME), the kubelet's default.
+                network: (netns.is_some()).then(|| NetworkUsage {
+                    timestamp: now,
+                    default_interface: interfaces.iter().find(|i| i.name == "eth0").cloned(),
+                    interfaces,
+                }),
+                process: Some(ProcessUsage {
+                    timestamp: now,
+                    process_count: v(total.processes),
+                }),
+                containers: containers.iter().map(|c| self.stats(c)).collect(),
+            }),
+            windows: None,
+        }
+    }
+
     fn stats(&self, rec: &ContainerRecord) -> ContainerStats {
         let u = self.rt.container_usage(rec);
         let now = crate::runtime::now_nanos();
@@ -481,16 +545,34 @@ impl RuntimeService for RuntimeServiceImpl {
 
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<PodSandboxStatsRequest>,
+        r: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        unimplemented("PodSandboxStats")
+        let id = r.into_inner().pod_sandbox_id;
+        let sb = self
+            .rt
+            .sandbox(&id)
+            .ok_or_else(|| Status::not_found(format!("no pod sandbox {id}")))?;
+        Ok(Response::new(PodSandboxStatsResponse {
+            stats: Some(self.sandbox_stats(&sb)),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<ListPodSandboxStatsRequest>,
+        r: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        unimplemented("ListPodSandboxStats")
+        let filter = r.into_inner().filter.unwrap_or_default();
+        // As containerd: stats of the pods that are running, not of stopped sandboxes.
+        let stats = self
+            .rt
+            .list_sandboxes()
+            .iter()
+            .filter(|sb| matches!(sb.state, SandboxState::Ready))
+            .filter(|sb| sb.id.starts_with(&filter.id))
+            .filter(|sb| labels_match(&sb.config.labels, &filter.label_selector))
+            .map(|sb| self.sandbox_stats(sb))
+            .collect();
+        Ok(Response::new(ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(

@@ -2,3 +2,4 @@
 pub mod cni;
 pub mod files;
 pub mod namespaces;
+pub mod netstats;
