@@ -4,5 +4,6 @@ pub mod aws;
 pub mod cni;
 pub mod ipam;
 pub mod net;
+pub mod peers;
 pub mod plugin;
 pub mod rpc;

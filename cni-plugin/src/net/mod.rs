@@ -13,6 +13,7 @@ pub use pod::{
     FROM_POD_RULE_PRIORITY, POD_GATEWAY, PodLinks, PodNetwork, TO_POD_RULE_PRIORITY,
     check_pod_network, setup_pod_network, teardown_pod_network,
 };
+pub(crate) use pod::{Route4, ipv4_routes};
 pub use veth::{LinkInfo, MacAddr, host_veth_name};
 
 #[derive(Debug, thiserror::Error)]

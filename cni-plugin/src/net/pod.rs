@@ -401,15 +401,15 @@ async fn check_pod_side(
 }
 
 /// An IPv4 route, reduced to what we match on, plus the message to delete it with.
-struct Route4 {
-    dst: (Ipv4Addr, u8),
-    gateway: Option<Ipv4Addr>,
-    oif: Option<u32>,
-    table: u32,
-    message: netlink_packet_route::route::RouteMessage,
+pub(crate) struct Route4 {
+    pub dst: (Ipv4Addr, u8),
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub table: u32,
+    pub message: netlink_packet_route::route::RouteMessage,
 }
 
-async fn ipv4_routes(handle: &Handle) -> Result<Vec<Route4>, NetError> {
+pub(crate) async fn ipv4_routes(handle: &Handle) -> Result<Vec<Route4>, NetError> {
     let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
     let messages: Vec<_> = handle
         .route()
