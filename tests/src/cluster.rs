@@ -3,7 +3,7 @@
 //! runtime-shim, ipamd and kube-proxy. Networks and names are derived from the test
 //! process, so it runs beside a developer's `local-up.sh` cluster and other tests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -19,10 +19,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A cluster of `nodes` nodes on networks no other cluster of this machine uses.
-    pub fn start(nodes: u32) -> Result<Self> {
+    /// A cluster of `nodes` nodes on networks no other cluster of this machine uses;
+    /// `mode` is `podcidr` or `eni` (nodes as emulated EC2 instances).
+    pub fn start(nodes: u32, mode: &str) -> Result<Self> {
         // Node and netns names must stay short: interface and netns tools cut at 15 bytes.
         let name = unique_name("c").replace('-', "");
+        // Networks from the pid: clusters of different test processes never share one.
+        // (One cluster per mode per process: the two modes use disjoint ranges.)
         let n = std::process::id() % 200;
         let fixture = ScriptFixture::start(
             "cluster.sh",
@@ -31,17 +34,37 @@ impl Cluster {
                 &name,
                 "--nodes",
                 &nodes.to_string(),
+                "--mode",
+                mode,
+                // VPC 10.150-189/16 and pods 10.100-149/16: clear of the service CIDR
+                // (10.96/16), the local cluster's 10.244/16 and the other tests' ranges.
+                "--vpc-net",
+                &format!("10.{}", 150 + n % 40),
                 "--bridge",
                 &format!("br{name}"),
                 "--node-net",
                 &format!("172.31.{}", 20 + n),
                 "--pod-net",
-                // Clear of the service CIDR (10.96/16) and the other tests' pod ranges.
-                &format!("10.{}", 100 + n % 90),
+                &format!("10.{}", 100 + n % 50),
             ],
             Duration::from_secs(300),
         )?;
         Ok(Cluster { fixture, name })
+    }
+
+    pub fn mode(&self) -> &str {
+        self.published("MODE")
+    }
+
+    /// In eni mode, a value the cluster's EC2 emulator published (`EC2_ENDPOINT`,
+    /// `AWS_REGION`, `INSTANCE_IDS` in node order, ...).
+    pub fn ec2(&self, key: &str) -> Result<String> {
+        let dir = self.fixture.get("EC2_DIR")?;
+        let env = std::fs::read_to_string(Path::new(dir).join("env"))?;
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+            .with_context(|| format!("the EC2 emulator did not publish {key}"))
     }
 
     pub fn kubeconfig(&self) -> PathBuf {

@@ -55,24 +55,9 @@ impl Ec2Emulator {
         self.fixture.get(key).expect("published by the script")
     }
 
-    /// One EC2 Query API call (`Action=...&Version=2016-11-15&params`); the XML answer.
-    /// moto does not check signatures, but wants a SigV4-shaped Authorization header to
-    /// pick the account and region.
+    /// One EC2 Query API call; see [`query`].
     pub fn call(&self, action: &str, params: &[(&str, &str)]) -> Result<String> {
-        let mut body = format!("Action={action}&Version=2016-11-15");
-        for (k, v) in params {
-            body.push_str(&format!("&{k}={v}"));
-        }
-        let auth = format!(
-            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/{}/ec2/aws4_request, SignedHeaders=host, Signature=0",
-            self.region()
-        );
-        run_ok(
-            Command::new("curl")
-                .args(["-sS", "--fail-with-body", "-H", &auth, "--data", &body])
-                .arg(format!("{}/", self.endpoint())),
-        )
-        .with_context(|| format!("EC2 {action}"))
+        query(self.endpoint(), self.region(), action, params)
     }
 
     /// GET `/latest/<path>` from instance `index`'s IMDS with the IMDSv2 token flow;
@@ -105,6 +90,30 @@ impl Ec2Emulator {
             other => anyhow::bail!("IMDS {path}: HTTP {other}: {body}"),
         }
     }
+}
+
+/// One EC2 Query API call (`Action=...&Version=2016-11-15&params`) to `endpoint`; the XML
+/// answer. moto does not check signatures, but wants a SigV4-shaped Authorization header
+/// to pick the account and region.
+pub fn query(
+    endpoint: &str,
+    region: &str,
+    action: &str,
+    params: &[(&str, &str)],
+) -> Result<String> {
+    let mut body = format!("Action={action}&Version=2016-11-15");
+    for (k, v) in params {
+        body.push_str(&format!("&{k}={v}"));
+    }
+    let auth = format!(
+        "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ec2/aws4_request, SignedHeaders=host, Signature=0"
+    );
+    run_ok(
+        Command::new("curl")
+            .args(["-sS", "--fail-with-body", "-H", &auth, "--data", &body])
+            .arg(format!("{endpoint}/")),
+    )
+    .with_context(|| format!("EC2 {action}"))
 }
 
 /// The text of the first `<tag>...</tag>` in an EC2 XML answer.

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use node_tests::cluster::Cluster;
+use node_tests::ec2;
 use node_tests::fixture::{bin_path, eventually, process_running, run_ok};
 use serde_json::Value;
 
@@ -103,26 +104,57 @@ fn on_node(p: &Value, node: &str) -> bool {
 }
 
 #[test]
-fn a_two_node_cluster_runs_connects_survives_drains_and_cleans_up() {
-    let c = Cluster::start(2).unwrap();
+fn podcidr_mode_two_nodes_run_connect_survive_drain_and_clean_up() {
+    scenario("podcidr");
+}
+
+/// Every pod's IP is its node's: in its pod CIDR (podcidr mode), or held by one of its
+/// instance's ENIs according to EC2 (eni mode).
+fn check_pod_ips(c: &Cluster, running: &[Value]) {
     let nodes = c.nodes();
-    let cidrs = c.pod_cidrs();
+    for p in running {
+        let i = nodes.iter().position(|n| on_node(p, n)).unwrap();
+        let ip = s(p, &["status", "podIP"]);
+        if c.mode() == "eni" {
+            let ids = c.ec2("INSTANCE_IDS").unwrap();
+            let instance = ids.split_whitespace().nth(i).unwrap();
+            let xml = ec2::query(
+                &c.ec2("EC2_ENDPOINT").unwrap(),
+                &c.ec2("AWS_REGION").unwrap(),
+                "DescribeNetworkInterfaces",
+                &[
+                    ("Filter.1.Name", "attachment.instance-id"),
+                    ("Filter.1.Value.1", instance),
+                ],
+            )
+            .unwrap();
+            assert!(
+                xml.contains(&format!("<privateIpAddress>{ip}</privateIpAddress>")),
+                "EC2 does not say {ip} belongs to {instance} ({}):\n{xml}",
+                nodes[i]
+            );
+        } else {
+            let net: ipnet::Ipv4Net = c.pod_cidrs()[i].parse().unwrap();
+            let addr: std::net::Ipv4Addr = ip.parse().unwrap();
+            assert!(
+                net.contains(&addr),
+                "{ip} is not in {}'s pod CIDR {net}",
+                nodes[i]
+            );
+        }
+    }
+}
+
+fn scenario(mode: &str) {
+    let c = Cluster::start(2, mode).unwrap();
+    let nodes = c.nodes();
     c.apply(&manifest()).unwrap();
 
-    // Spread over both nodes, each pod with an IP of its node's pod CIDR.
+    // Spread over both nodes, each pod with an IP of its node.
     let running = wait_ready(&c, "6 pods Ready on both nodes", |ps| {
         nodes.iter().all(|n| ps.iter().any(|p| on_node(p, n)))
     });
-    for p in &running {
-        let i = nodes.iter().position(|n| on_node(p, n)).unwrap();
-        let net: ipnet::Ipv4Net = cidrs[i].parse().unwrap();
-        let ip: std::net::Ipv4Addr = s(p, &["status", "podIP"]).parse().unwrap();
-        assert!(
-            net.contains(&ip),
-            "{ip} is not in {}'s pod CIDR {net}",
-            nodes[i]
-        );
-    }
+    check_pod_ips(&c, &running);
     let on =
         |n: usize| -> Vec<&Value> { running.iter().filter(|p| on_node(p, &nodes[n])).collect() };
     let (a, b) = (on(0)[0], on(1)[0]);
