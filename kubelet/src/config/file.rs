@@ -36,6 +36,10 @@ pub struct KubeletConfigFile {
     #[serde(rename = "clusterDNS")]
     pub cluster_dns: Option<Vec<String>>,
     pub cluster_domain: Option<String>,
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_private_key_file: Option<std::path::PathBuf>,
+    pub authentication: Option<super::server::AuthenticationFile>,
+    pub authorization: Option<super::server::AuthorizationFile>,
 }
 
 impl KubeletConfigFile {
