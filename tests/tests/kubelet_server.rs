@@ -1,0 +1,371 @@
+//! Our kubelet's :10250 server against the real 1.20.2 control plane and containerd:
+//! authentication (client certificates against clientCAFile, TokenReview, anonymous
+//! refused), authorization by SubjectAccessReview with upstream's 403 text, the
+//! read endpoints, and `kubectl logs`/`exec`/`port-forward` through the API server.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Result;
+use node_tests::control_plane::ControlPlane;
+use node_tests::fixture::unique_name;
+use node_tests::kubelet::{Kubelet, KubeletAuth, KubeletNode, kubelet_get};
+use node_tests::reference_node::ReferenceNode;
+use node_tests::registry::Registry;
+use serde_json::Value;
+
+/// One containerd for every test in this binary; its script tears it down when the
+/// test process exits.
+fn containerd() -> &'static Path {
+    static SHARED: OnceLock<(Registry, ReferenceNode)> = OnceLock::new();
+    let (_, node) = SHARED.get_or_init(|| {
+        let registry = Registry::start().expect("starting the registry");
+        let node = ReferenceNode::containerd_only(&registry).expect("starting containerd");
+        (registry, node)
+    });
+    Path::new(node.cri_socket())
+}
+
+/// The control plane's admin client certificate (CN kubernetes-admin, O system:masters).
+fn admin_cert(cp: &ControlPlane) -> (PathBuf, PathBuf) {
+    let pki = cp.dir().join("pki");
+    (pki.join("admin.crt"), pki.join("admin.key"))
+}
+
+/// A node whose kubelet trusts the cluster CA for client certificates; everything
+/// else is the v1beta1 defaults (TokenReview on, Webhook authorization, no anonymous).
+fn start_node(cp: &ControlPlane, tag: &str) -> (KubeletNode, Kubelet) {
+    let node = KubeletNode::with_config(
+        cp,
+        tag,
+        &format!(
+            "authentication: {{x509: {{clientCAFile: {}}}}}\n",
+            cp.ca_cert().display()
+        ),
+    )
+    .unwrap();
+    // The API server reaches kubelets at their InternalIP: loopback here.
+    let kubelet = Kubelet::start(&node, containerd(), &["--node-ip", "127.0.0.1"]).unwrap();
+    (node, kubelet)
+}
+
+/// A namespace deleted however the test ends.
+struct Namespace<'a> {
+    cp: &'a ControlPlane,
+    name: String,
+}
+
+impl<'a> Namespace<'a> {
+    fn create(cp: &'a ControlPlane, tag: &str) -> Self {
+        let name = unique_name(tag);
+        cp.kubectl(&["create", "namespace", &name]).unwrap();
+        Namespace { cp, name }
+    }
+}
+
+impl Drop for Namespace<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .cp
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// The token of a fresh ServiceAccount that no RBAC rule grants anything.
+fn service_account_token(cp: &ControlPlane, ns: &str) -> String {
+    cp.kubectl(&["-n", ns, "create", "serviceaccount", "nobody"])
+        .unwrap();
+    let secret = node_tests::fixture::eventually(
+        "the ServiceAccount's token secret",
+        Duration::from_secs(30),
+        || {
+            let name = cp.kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "serviceaccount",
+                "nobody",
+                "-o",
+                "jsonpath={.secrets[0].name}",
+            ])?;
+            Ok((!name.is_empty()).then_some(name))
+        },
+    );
+    let encoded = cp
+        .kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "secret",
+            &secret,
+            "-o",
+            "jsonpath={.data.token}",
+        ])
+        .unwrap();
+    let out = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(encoded.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn wait_serving(kubelet: &mut Kubelet, port: u16) {
+    kubelet.eventually("kubelet serving", Duration::from_secs(30), || {
+        Ok(kubelet_get(port, "/healthz", KubeletAuth::Anonymous)
+            .ok()
+            .map(|_| ()))
+    });
+}
+
+#[test]
+fn requests_are_authenticated_and_authorized_as_upstream() {
+    let cp = ControlPlane::shared();
+    let (node, mut kubelet) = start_node(cp, "ks-auth");
+    let port = node.port;
+    wait_serving(&mut kubelet, port);
+
+    // No credentials: 401, on every path.
+    for path in ["/healthz", "/pods", "/stats/summary", "/containerLogs/a/b/c"] {
+        let (status, body) = kubelet_get(port, path, KubeletAuth::Anonymous).unwrap();
+        assert_eq!((status, body.as_str()), (401, "Unauthorized"), "{path}");
+    }
+    // A token the API server does not know: 401.
+    let (status, _) = kubelet_get(port, "/pods", KubeletAuth::Token("not-a-token")).unwrap();
+    assert_eq!(status, 401);
+
+    // A valid ServiceAccount without RBAC: authenticated, then denied by the
+    // SubjectAccessReview, with upstream's message naming the subresource.
+    let ns = Namespace::create(cp, "ks-auth");
+    let token = service_account_token(cp, &ns.name);
+    let user = format!("system:serviceaccount:{}:nobody", ns.name);
+    for (path, subresource) in [
+        ("/pods", "proxy"),
+        ("/stats/summary", "stats"),
+        ("/metrics/resource", "metrics"),
+    ] {
+        let (status, body) = kubelet_get(port, path, KubeletAuth::Token(&token)).unwrap();
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(
+            body,
+            format!(
+                "Forbidden (user={user}, verb=get, resource=nodes, subresource={subresource})"
+            )
+        );
+    }
+
+    // Cluster admin by client certificate: allowed.
+    let (cert, key) = admin_cert(cp);
+    let admin = || KubeletAuth::ClientCert {
+        cert: &cert,
+        key: &key,
+    };
+    let (status, body) = kubelet_get(port, "/healthz", admin()).unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, body) = kubelet_get(port, "/pods", admin()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let pods: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(pods["kind"], "PodList");
+    assert!(pods["items"].is_array(), "{pods}");
+
+    let (status, body) = kubelet_get(port, "/stats/summary", admin()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let summary: Value = serde_json::from_str(&body).unwrap();
+    let n = &summary["node"];
+    assert_eq!(n["nodeName"], node.name.as_str());
+    assert!(n["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0, "{n}");
+    assert!(n["cpu"]["usageNanoCores"].is_u64(), "{n}");
+    assert!(n["memory"]["workingSetBytes"].as_u64().unwrap() > 0, "{n}");
+    assert!(n["fs"]["capacityBytes"].as_u64().unwrap() > 0, "{n}");
+    assert!(summary["pods"].is_array(), "{summary}");
+
+    let (status, body) = kubelet_get(port, "/metrics/resource", admin()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\nnode_cpu_usage_seconds_total "), "{body}");
+    assert!(body.contains("\nnode_memory_working_set_bytes "), "{body}");
+    assert!(body.contains("\nscrape_error 0\n"), "{body}");
+    let (status, body) = kubelet_get(port, "/metrics", admin()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\nkubelet_running_pods "), "{body}");
+    assert!(
+        body.contains(&format!("kubelet_node_name{{node=\"{}\"}} 1", node.name)),
+        "{body}"
+    );
+    let (status, _) = kubelet_get(port, "/no-such-path", admin()).unwrap();
+    assert_eq!(status, 404);
+
+    // Upstream's self-signed pair, kept for the next start.
+    assert!(node.base.join("pki/kubelet.crt").exists());
+    assert!(node.base.join("pki/kubelet.key").exists());
+    kubelet.check_running().unwrap();
+}
+
+fn pod_json(cp: &ControlPlane, ns: &str, name: &str) -> Result<Value> {
+    Ok(serde_json::from_str(&cp.kubectl(&[
+        "-n", ns, "get", "pod", name, "-o", "json",
+    ])?)?)
+}
+
+/// The first container's status once it runs with at least `restarts` restarts.
+fn wait_running(
+    cp: &ControlPlane,
+    kubelet: &mut Kubelet,
+    ns: &str,
+    pod: &str,
+    restarts: u64,
+) -> Value {
+    kubelet.eventually("container running", Duration::from_secs(120), || {
+        let p = pod_json(cp, ns, pod)?;
+        let cs = &p["status"]["containerStatuses"][0];
+        let ok = cs["state"]["running"].is_object()
+            && cs["restartCount"].as_u64().unwrap_or(0) >= restarts;
+        Ok(ok.then(|| cs.clone()))
+    })
+}
+
+#[test]
+fn kubectl_logs_and_exec_reach_our_kubelet_through_the_api_server() {
+    let cp = ControlPlane::shared();
+    let (node, mut kubelet) = start_node(cp, "ks-logs");
+    wait_serving(&mut kubelet, node.port);
+    let ns = Namespace::create(cp, "ks-logs");
+    // Prints a line naming this instance, three more, then waits until told to exit.
+    let script = "echo instance $(cat /proc/sys/kernel/random/uuid); echo one; echo two; \
+                  echo three; while [ ! -f /tmp/stop ]; do sleep 0.2; done; exit 3";
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "talker", "namespace": ns.name},
+        "spec": {
+            "nodeName": node.name,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "app",
+                "image": "registry.k8s.io/e2e-test-images/busybox:1.29-2",
+                "command": ["sh", "-c", script],
+            }],
+        },
+    });
+    // The namespace's default ServiceAccount appears shortly after the namespace.
+    kubelet.eventually("pod created", Duration::from_secs(30), || {
+        Ok(cp.apply(&manifest.to_string()).ok().map(|_| ()))
+    });
+    wait_running(cp, &mut kubelet, &ns.name, "talker", 0);
+    let kubectl = |args: &[&str]| -> Result<String> {
+        let mut all = vec!["-n", ns.name.as_str()];
+        all.extend_from_slice(args);
+        cp.kubectl(&all)
+    };
+
+    let logs = kubelet.eventually("all four lines logged", Duration::from_secs(20), || {
+        let out = kubectl(&["logs", "talker"])?;
+        Ok((out.lines().count() == 4).then_some(out))
+    });
+    let first = logs.lines().next().unwrap().to_string();
+    assert!(first.starts_with("instance "), "{logs}");
+    assert!(logs.ends_with("one\ntwo\nthree\n"), "{logs}");
+    assert_eq!(kubectl(&["logs", "talker", "--tail=1"]).unwrap(), "three\n");
+    assert_eq!(
+        kubectl(&["logs", "talker", "--limit-bytes=8"]).unwrap(),
+        "instance"
+    );
+    let stamped = kubectl(&["logs", "talker", "--tail=2", "--timestamps"]).unwrap();
+    let lines: Vec<&str> = stamped.lines().collect();
+    assert_eq!(lines.len(), 2, "{stamped}");
+    for (line, text) in lines.iter().zip(["two", "three"]) {
+        let (stamp, rest) = line.split_once(' ').unwrap();
+        assert_eq!(rest, text, "{stamped}");
+        assert!(
+            stamp.len() >= 20 && stamp.ends_with('Z') && stamp.contains('T'),
+            "{stamped}"
+        );
+    }
+    let err = kubectl(&["logs", "talker", "-c", "nope"]).unwrap_err();
+    assert!(format!("{err:#}").contains("nope"), "{err:#}");
+
+    // exec through the API server: SPDY proxied to containerd's streaming server.
+    let out = kubectl(&["exec", "talker", "--", "sh", "-c", "echo hello from $(hostname)"])
+        .unwrap();
+    assert_eq!(out, "hello from talker\n");
+    let out = kubectl(&["exec", "-i", "talker", "--", "cat"]);
+    // No stdin given to kubectl: cat ends at once with nothing to print.
+    assert_eq!(out.unwrap(), "");
+    let err = kubectl(&["exec", "talker", "--", "sh", "-c", "exit 7"]).unwrap_err();
+    assert!(format!("{err:#}").contains("exit code 7"), "{err:#}");
+
+    // A restart: `logs -p` shows the previous instance, plain `logs` the new one.
+    kubectl(&["exec", "talker", "--", "touch", "/tmp/stop"]).unwrap();
+    wait_running(cp, &mut kubelet, &ns.name, "talker", 1);
+    let previous = kubectl(&["logs", "talker", "-p"]).unwrap();
+    assert_eq!(previous, logs, "previous instance's log");
+    let current = kubelet.eventually("new instance logged", Duration::from_secs(20), || {
+        let out = kubectl(&["logs", "talker"])?;
+        Ok((out.lines().count() == 4).then_some(out))
+    });
+    assert_ne!(current.lines().next().unwrap(), first, "{current}");
+    kubelet.check_running().unwrap();
+}
+
+#[test]
+fn kubectl_port_forward_reaches_a_pod_on_our_kubelet() {
+    let cp = ControlPlane::shared();
+    let (node, mut kubelet) = start_node(cp, "ks-pf");
+    wait_serving(&mut kubelet, node.port);
+    let ns = Namespace::create(cp, "ks-pf");
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "namespace": ns.name},
+        "spec": {
+            "nodeName": node.name,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "web",
+                "image": "registry.k8s.io/e2e-test-images/nginx:1.14-2",
+            }],
+        },
+    });
+    kubelet.eventually("pod created", Duration::from_secs(30), || {
+        Ok(cp.apply(&manifest.to_string()).ok().map(|_| ()))
+    });
+    wait_running(cp, &mut kubelet, &ns.name, "web", 0);
+
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut forward = std::process::Command::new(node_tests::fixture::kube_bin("kubectl"))
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["-n", &ns.name, "port-forward", "pod/web"])
+        .arg(format!("{local_port}:80"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let body = node_tests::fixture::try_eventually(Duration::from_secs(30), || {
+        Ok(node_tests::fixture::run_ok(std::process::Command::new("curl").args([
+            "-sf",
+            "-m",
+            "3",
+            &format!("http://127.0.0.1:{local_port}/"),
+        ]))
+        .ok())
+    });
+    node_tests::fixture::terminate(&mut forward, Duration::from_secs(5));
+    let body = body.unwrap_or_else(|last| panic!("curl through kubectl port-forward: {last}"));
+    assert!(body.contains("node-runtime test web server"), "{body}");
+    kubelet.check_running().unwrap();
+}
