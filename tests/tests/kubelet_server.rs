@@ -66,9 +66,35 @@ impl<'a> Namespace<'a> {
 
 impl Drop for Namespace<'_> {
     fn drop(&mut self) {
+        // Declared after the kubelet, so dropped while it still runs to stop the pods.
         let _ = self
             .cp
-            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+            .kubectl(&["delete", "namespace", &self.name, "--timeout=60s"]);
+    }
+}
+
+/// A kubectl running in the background (logs -f, port-forward), stopped however the
+/// test ends.
+struct Background(std::process::Child);
+
+impl Background {
+    fn kubectl(cp: &ControlPlane, args: &[&str]) -> Self {
+        let child = std::process::Command::new(node_tests::fixture::kube_bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Background(child)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        node_tests::fixture::terminate(&mut self.0, Duration::from_secs(5));
     }
 }
 
@@ -137,7 +163,12 @@ fn requests_are_authenticated_and_authorized_as_upstream() {
     wait_serving(&mut kubelet, port);
 
     // No credentials: 401, on every path.
-    for path in ["/healthz", "/pods", "/stats/summary", "/containerLogs/a/b/c"] {
+    for path in [
+        "/healthz",
+        "/pods",
+        "/stats/summary",
+        "/containerLogs/a/b/c",
+    ] {
         let (status, body) = kubelet_get(port, path, KubeletAuth::Anonymous).unwrap();
         assert_eq!((status, body.as_str()), (401, "Unauthorized"), "{path}");
     }
@@ -159,9 +190,7 @@ fn requests_are_authenticated_and_authorized_as_upstream() {
         assert_eq!(status, 403, "{path}: {body}");
         assert_eq!(
             body,
-            format!(
-                "Forbidden (user={user}, verb=get, resource=nodes, subresource={subresource})"
-            )
+            format!("Forbidden (user={user}, verb=get, resource=nodes, subresource={subresource})")
         );
     }
 
@@ -184,7 +213,10 @@ fn requests_are_authenticated_and_authorized_as_upstream() {
     let summary: Value = serde_json::from_str(&body).unwrap();
     let n = &summary["node"];
     assert_eq!(n["nodeName"], node.name.as_str());
-    assert!(n["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0, "{n}");
+    assert!(
+        n["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0,
+        "{n}"
+    );
     assert!(n["cpu"]["usageNanoCores"].is_u64(), "{n}");
     assert!(n["memory"]["workingSetBytes"].as_u64().unwrap() > 0, "{n}");
     assert!(n["fs"]["capacityBytes"].as_u64().unwrap() > 0, "{n}");
@@ -212,9 +244,9 @@ fn requests_are_authenticated_and_authorized_as_upstream() {
 }
 
 fn pod_json(cp: &ControlPlane, ns: &str, name: &str) -> Result<Value> {
-    Ok(serde_json::from_str(&cp.kubectl(&[
-        "-n", ns, "get", "pod", name, "-o", "json",
-    ])?)?)
+    Ok(serde_json::from_str(
+        &cp.kubectl(&["-n", ns, "get", "pod", name, "-o", "json"])?,
+    )?)
 }
 
 /// The first container's status once it runs with at least `restarts` restarts.
@@ -240,9 +272,11 @@ fn kubectl_logs_and_exec_reach_our_kubelet_through_the_api_server() {
     let (node, mut kubelet) = start_node(cp, "ks-logs");
     wait_serving(&mut kubelet, node.port);
     let ns = Namespace::create(cp, "ks-logs");
-    // Prints a line naming this instance, three more, then waits until told to exit.
+    // Prints a line naming this instance and three more, then prints what is put into
+    // /tmp/say, and exits once /tmp/stop exists.
     let script = "echo instance $(cat /proc/sys/kernel/random/uuid); echo one; echo two; \
-                  echo three; while [ ! -f /tmp/stop ]; do sleep 0.2; done; exit 3";
+                  echo three; while true; do if [ -f /tmp/say ]; then cat /tmp/say; \
+                  rm /tmp/say; fi; [ -f /tmp/stop ] && exit 3; sleep 0.2; done";
     let manifest = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -295,8 +329,15 @@ fn kubectl_logs_and_exec_reach_our_kubelet_through_the_api_server() {
     assert!(format!("{err:#}").contains("nope"), "{err:#}");
 
     // exec through the API server: SPDY proxied to containerd's streaming server.
-    let out = kubectl(&["exec", "talker", "--", "sh", "-c", "echo hello from $(hostname)"])
-        .unwrap();
+    let out = kubectl(&[
+        "exec",
+        "talker",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from $(hostname)",
+    ])
+    .unwrap();
     assert_eq!(out, "hello from talker\n");
     let out = kubectl(&["exec", "-i", "talker", "--", "cat"]);
     // No stdin given to kubectl: cat ends at once with nothing to print.
@@ -304,11 +345,66 @@ fn kubectl_logs_and_exec_reach_our_kubelet_through_the_api_server() {
     let err = kubectl(&["exec", "talker", "--", "sh", "-c", "exit 7"]).unwrap_err();
     assert!(format!("{err:#}").contains("exit code 7"), "{err:#}");
 
+    // What metrics-server and `kubectl top` read: the pod and its container.
+    let (cert, key) = admin_cert(cp);
+    let admin = || KubeletAuth::ClientCert {
+        cert: &cert,
+        key: &key,
+    };
+    let (status, body) = kubelet_get(node.port, "/stats/summary", admin()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let summary: Value = serde_json::from_str(&body).unwrap();
+    let pod = summary["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podRef"]["name"] == "talker" && p["podRef"]["namespace"] == ns.name.as_str())
+        .unwrap_or_else(|| panic!("no stats for talker: {summary}"))
+        .clone();
+    assert_eq!(pod["containers"][0]["name"], "app", "{pod}");
+    assert!(
+        pod["containers"][0]["memory"]["workingSetBytes"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{pod}"
+    );
+    assert!(
+        pod["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0,
+        "{pod}"
+    );
+    let (_, metrics) = kubelet_get(node.port, "/metrics/resource", admin()).unwrap();
+    let series = format!(
+        "container_memory_working_set_bytes{{container=\"app\",namespace=\"{}\",pod=\"talker\"}} ",
+        ns.name
+    );
+    assert!(metrics.contains(&series), "{metrics}");
+    let (_, pods) = kubelet_get(node.port, "/pods", admin()).unwrap();
+    assert!(pods.contains("\"talker\""), "{pods}");
+
+    // Follow: a line written now arrives, and the stream ends when the container exits.
+    let mut follow = Background::kubectl(cp, &["-n", &ns.name, "logs", "-f", "talker"]);
+    kubectl(&[
+        "exec",
+        "talker",
+        "--",
+        "sh",
+        "-c",
+        "echo followed >/tmp/say.new && mv /tmp/say.new /tmp/say",
+    ])
+    .unwrap();
     // A restart: `logs -p` shows the previous instance, plain `logs` the new one.
     kubectl(&["exec", "talker", "--", "touch", "/tmp/stop"]).unwrap();
+    kubelet.eventually("logs -f ended", Duration::from_secs(30), || {
+        Ok(follow.0.try_wait()?.map(|_| ()))
+    });
+    let mut followed = String::new();
+    std::io::Read::read_to_string(follow.0.stdout.as_mut().unwrap(), &mut followed).unwrap();
+    let with_followed = format!("{logs}followed\n");
+    assert_eq!(followed, with_followed);
     wait_running(cp, &mut kubelet, &ns.name, "talker", 1);
     let previous = kubectl(&["logs", "talker", "-p"]).unwrap();
-    assert_eq!(previous, logs, "previous instance's log");
+    assert_eq!(previous, with_followed, "previous instance's log");
     let current = kubelet.eventually("new instance logged", Duration::from_secs(20), || {
         let out = kubectl(&["logs", "talker"])?;
         Ok((out.lines().count() == 4).then_some(out))
@@ -346,25 +442,27 @@ fn kubectl_port_forward_reaches_a_pod_on_our_kubelet() {
         .local_addr()
         .unwrap()
         .port();
-    let mut forward = std::process::Command::new(node_tests::fixture::kube_bin("kubectl"))
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .args(["-n", &ns.name, "port-forward", "pod/web"])
-        .arg(format!("{local_port}:80"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _forward = Background::kubectl(
+        cp,
+        &[
+            "-n",
+            &ns.name,
+            "port-forward",
+            "pod/web",
+            &format!("{local_port}:80"),
+        ],
+    );
     let body = node_tests::fixture::try_eventually(Duration::from_secs(30), || {
-        Ok(node_tests::fixture::run_ok(std::process::Command::new("curl").args([
-            "-sf",
-            "-m",
-            "3",
-            &format!("http://127.0.0.1:{local_port}/"),
-        ]))
-        .ok())
+        Ok(
+            node_tests::fixture::run_ok(std::process::Command::new("curl").args([
+                "-sf",
+                "-m",
+                "3",
+                &format!("http://127.0.0.1:{local_port}/"),
+            ]))
+            .ok(),
+        )
     });
-    node_tests::fixture::terminate(&mut forward, Duration::from_secs(5));
     let body = body.unwrap_or_else(|last| panic!("curl through kubectl port-forward: {last}"));
     assert!(body.contains("node-runtime test web server"), "{body}");
     kubelet.check_running().unwrap();
