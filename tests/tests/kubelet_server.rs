@@ -266,6 +266,32 @@ fn wait_running(
     })
 }
 
+/// Creates a one-container pod bound to our node and waits until it runs.
+fn run_pod(
+    cp: &ControlPlane,
+    kubelet: &mut Kubelet,
+    node: &KubeletNode,
+    ns: &str,
+    name: &str,
+    container: Value,
+) {
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "nodeName": node.name,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [container],
+        },
+    });
+    // The namespace's default ServiceAccount appears shortly after the namespace.
+    kubelet.eventually("pod created", Duration::from_secs(30), || {
+        Ok(cp.apply(&manifest.to_string()).ok().map(|_| ()))
+    });
+    wait_running(cp, kubelet, ns, name, 0);
+}
+
 #[test]
 fn kubectl_logs_and_exec_reach_our_kubelet_through_the_api_server() {
     let cp = ControlPlane::shared();
@@ -277,25 +303,12 @@ fn kubectl_logs_and_exec_reach_our_kubelet_through_the_api_server() {
     let script = "echo instance $(cat /proc/sys/kernel/random/uuid); echo one; echo two; \
                   echo three; while true; do if [ -f /tmp/say ]; then cat /tmp/say; \
                   rm /tmp/say; fi; [ -f /tmp/stop ] && exit 3; sleep 0.2; done";
-    let manifest = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "talker", "namespace": ns.name},
-        "spec": {
-            "nodeName": node.name,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "app",
-                "image": "registry.k8s.io/e2e-test-images/busybox:1.29-2",
-                "command": ["sh", "-c", script],
-            }],
-        },
+    let container = serde_json::json!({
+        "name": "app",
+        "image": "registry.k8s.io/e2e-test-images/busybox:1.29-2",
+        "command": ["sh", "-c", script],
     });
-    // The namespace's default ServiceAccount appears shortly after the namespace.
-    kubelet.eventually("pod created", Duration::from_secs(30), || {
-        Ok(cp.apply(&manifest.to_string()).ok().map(|_| ()))
-    });
-    wait_running(cp, &mut kubelet, &ns.name, "talker", 0);
+    run_pod(cp, &mut kubelet, &node, &ns.name, "talker", container);
     let kubectl = |args: &[&str]| -> Result<String> {
         let mut all = vec!["-n", ns.name.as_str()];
         all.extend_from_slice(args);
@@ -419,23 +432,11 @@ fn kubectl_port_forward_reaches_a_pod_on_our_kubelet() {
     let (node, mut kubelet) = start_node(cp, "ks-pf");
     wait_serving(&mut kubelet, node.port);
     let ns = Namespace::create(cp, "ks-pf");
-    let manifest = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "web", "namespace": ns.name},
-        "spec": {
-            "nodeName": node.name,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "web",
-                "image": "registry.k8s.io/e2e-test-images/nginx:1.14-2",
-            }],
-        },
+    let container = serde_json::json!({
+        "name": "web",
+        "image": "registry.k8s.io/e2e-test-images/nginx:1.14-2",
     });
-    kubelet.eventually("pod created", Duration::from_secs(30), || {
-        Ok(cp.apply(&manifest.to_string()).ok().map(|_| ()))
-    });
-    wait_running(cp, &mut kubelet, &ns.name, "web", 0);
+    run_pod(cp, &mut kubelet, &node, &ns.name, "web", container);
 
     let local_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
