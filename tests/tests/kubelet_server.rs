@@ -36,11 +36,17 @@ fn admin_cert(cp: &ControlPlane) -> (PathBuf, PathBuf) {
 /// A node whose kubelet trusts the cluster CA for client certificates; everything
 /// else is the v1beta1 defaults (TokenReview on, Webhook authorization, no anonymous).
 fn start_node(cp: &ControlPlane, tag: &str) -> (KubeletNode, Kubelet) {
+    start_node_with(cp, tag, None)
+}
+
+/// [`start_node`] with one more `authentication` field, e.g. `anonymous: {enabled: true}`.
+fn start_node_with(cp: &ControlPlane, tag: &str, extra: Option<&str>) -> (KubeletNode, Kubelet) {
+    let extra = extra.map(|e| format!(", {e}")).unwrap_or_default();
     let node = KubeletNode::with_config(
         cp,
         tag,
         &format!(
-            "authentication: {{x509: {{clientCAFile: {}}}}}\n",
+            "authentication: {{x509: {{clientCAFile: {}}}{extra}}}\n",
             cp.ca_cert().display()
         ),
     )
@@ -240,6 +246,23 @@ fn requests_are_authenticated_and_authorized_as_upstream() {
     // Upstream's self-signed pair, kept for the next start.
     assert!(node.base.join("pki/kubelet.crt").exists());
     assert!(node.base.join("pki/kubelet.key").exists());
+    kubelet.check_running().unwrap();
+}
+
+#[test]
+fn anonymous_requests_when_enabled_are_still_authorized() {
+    let cp = ControlPlane::shared();
+    let (node, mut kubelet) = start_node_with(cp, "ks-anon", Some("anonymous: {enabled: true}"));
+    wait_serving(&mut kubelet, node.port);
+    let (status, body) = kubelet_get(node.port, "/pods", KubeletAuth::Anonymous).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body,
+        "Forbidden (user=system:anonymous, verb=get, resource=nodes, subresource=proxy)"
+    );
+    // A presented but invalid token is refused, not downgraded to anonymous.
+    let (status, _) = kubelet_get(node.port, "/pods", KubeletAuth::Token("bogus")).unwrap();
+    assert_eq!(status, 401);
     kubelet.check_running().unwrap();
 }
 

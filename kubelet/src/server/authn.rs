@@ -167,6 +167,42 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// A client that is never called: these cases need no TokenReview.
+    fn unused_client() -> kube::Client {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn credentials_are_tried_in_upstreams_order() {
+        let cert_user = UserInfo {
+            name: "kube-apiserver-kubelet-client".into(),
+            groups: vec!["system:masters".into()],
+            ..Default::default()
+        }
+        .authenticated();
+        let mut with_token = HeaderMap::new();
+        with_token.insert("authorization", "Bearer abc".parse().unwrap());
+
+        let closed = Authenticator::new(unused_client(), false, None);
+        assert!(matches!(
+            closed.authenticate(None, &HeaderMap::new()).await,
+            Err(AuthnError::NoCredentials)
+        ));
+        // Without the token webhook a bearer token is not a credential at all.
+        assert!(closed.authenticate(None, &with_token).await.is_err());
+        let user = closed
+            .authenticate(Some(&cert_user), &with_token)
+            .await
+            .unwrap();
+        assert_eq!(user.groups, vec!["system:masters", AUTHENTICATED_GROUP]);
+
+        let open = Authenticator::new(unused_client(), true, None);
+        let user = open.authenticate(None, &with_token).await.unwrap();
+        assert_eq!(user.name, ANONYMOUS_USER);
+        assert_eq!(user.groups, vec![UNAUTHENTICATED_GROUP]);
+    }
+
     #[test]
     fn bearer_tokens_are_read_as_upstream_reads_them() {
         let mut h = HeaderMap::new();

@@ -29,7 +29,7 @@ use anyhow::{Context as _, Result};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -43,6 +43,8 @@ use routes::Route;
 
 /// A client that does not finish the TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Nor may it take longer to send a request's headers (slow clients hold sockets).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the handlers share.
 struct Context {
@@ -147,6 +149,8 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(handle(&context, cert_user.as_ref(), req).await) }
     });
     hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades()
         .await
