@@ -305,7 +305,9 @@ fn memory(usage: Option<&cri::MemoryUsage>) -> MemoryStats {
         |f: fn(&cri::MemoryUsage) -> Option<&cri::UInt64Value>| usage.and_then(f).map(|v| v.value);
     MemoryStats {
         time: from_nanos(usage.map_or(0, |u| u.timestamp)),
-        available_bytes: value(|u| u.available_bytes.as_ref()),
+        // Runtimes report 0 for a container without a memory limit, where cAdvisor
+        // (and so upstream) leaves the field out.
+        available_bytes: value(|u| u.available_bytes.as_ref()).filter(|v| *v > 0),
         usage_bytes: value(|u| u.usage_bytes.as_ref()),
         working_set_bytes: value(|u| u.working_set_bytes.as_ref()),
         rss_bytes: value(|u| u.rss_bytes.as_ref()),
@@ -381,7 +383,12 @@ async fn pod_stats(cri_client: &crate::cri::CriClient) -> Result<Vec<PodStats>> 
                     cpu: cpu(s.and_then(|s| s.cpu.as_ref())),
                     memory: memory(s.and_then(|s| s.memory.as_ref())),
                     rootfs: s.and_then(|s| s.writable_layer.as_ref()).map(|w| FsStats {
-                        time: from_nanos(w.timestamp),
+                        // Some runtimes leave the layer's timestamp unset.
+                        time: from_nanos(if w.timestamp > 0 {
+                            w.timestamp
+                        } else {
+                            Utc::now().timestamp_nanos_opt().unwrap_or_default()
+                        }),
                         used_bytes: w.used_bytes.as_ref().map(|v| v.value),
                         inodes_used: w.inodes_used.as_ref().map(|v| v.value),
                         ..Default::default()
