@@ -375,9 +375,14 @@ fn kubectl_logs_and_exec_reach_our_kubelet_through_the_api_server() {
     ])
     .unwrap();
     assert_eq!(out, "hello from talker\n");
-    let out = kubectl(&["exec", "-i", "talker", "--", "cat"]);
-    // No stdin given to kubectl: cat ends at once with nothing to print.
-    assert_eq!(out.unwrap(), "");
+    // stdin flows in, stdout back, and the end of stdin ends the command.
+    let out = node_tests::control_plane::kubectl_stdin(
+        &cp.kubeconfig(),
+        &["-n", &ns.name, "exec", "-i", "talker", "--", "cat"],
+        "piped\ninput\n",
+    )
+    .unwrap();
+    assert_eq!(out, "piped\ninput\n");
     let err = kubectl(&["exec", "talker", "--", "sh", "-c", "exit 7"]).unwrap_err();
     assert!(format!("{err:#}").contains("exit code 7"), "{err:#}");
 
@@ -450,7 +455,7 @@ fn kubectl_logs_and_exec_reach_our_kubelet_through_the_api_server() {
 }
 
 #[test]
-fn kubectl_port_forward_reaches_a_pod_on_our_kubelet() {
+fn kubectl_port_forward_and_attach_reach_pods_on_our_kubelet() {
     let cp = ControlPlane::shared();
     let (node, mut kubelet) = start_node(cp, "ks-pf");
     wait_serving(&mut kubelet, node.port);
@@ -489,5 +494,33 @@ fn kubectl_port_forward_reaches_a_pod_on_our_kubelet() {
     });
     let body = body.unwrap_or_else(|last| panic!("curl through kubectl port-forward: {last}"));
     assert!(body.contains("node-runtime test web server"), "{body}");
+
+    // attach: the running process's output, proxied like exec.
+    let ticker = serde_json::json!({
+        "name": "ticker",
+        "image": "registry.k8s.io/e2e-test-images/busybox:1.29-2",
+        "command": ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.3; done"],
+    });
+    run_pod(cp, &mut kubelet, &node, &ns.name, "ticker", ticker);
+    let mut attach = Background::kubectl(cp, &["-n", &ns.name, "attach", "ticker"]);
+    let mut stdout = attach.0.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    kubelet.eventually("attached output", Duration::from_secs(30), || {
+        let text = seen.lock().unwrap().clone();
+        Ok((text.lines().filter(|l| l.starts_with("tick ")).count() >= 3).then_some(()))
+    });
+    drop(attach);
+    reader.join().unwrap();
     kubelet.check_running().unwrap();
 }
