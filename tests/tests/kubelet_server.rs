@@ -363,6 +363,35 @@ fn kubectl_logs_and_exec_reach_our_kubelet_through_the_api_server() {
     }
     let err = kubectl(&["logs", "talker", "-c", "nope"]).unwrap_err();
     assert!(format!("{err:#}").contains("nope"), "{err:#}");
+    // A container that cannot start: upstream's message with the waiting reason.
+    let stuck = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "stuck", "namespace": ns.name},
+        "spec": {
+            "nodeName": node.name,
+            "containers": [{"name": "app", "image": "registry.k8s.io/e2e-test-images/no-such-image:1"}],
+        },
+    });
+    cp.apply(&stuck.to_string()).unwrap();
+    let message = kubelet.eventually("stuck pod's pull failed", Duration::from_secs(60), || {
+        let p = pod_json(cp, &ns.name, "stuck")?;
+        if p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            .as_str()
+            .is_none_or(|r| r == "ContainerCreating")
+        {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{:#}",
+            kubectl(&["logs", "stuck"]).unwrap_err()
+        )))
+    });
+    assert!(
+        message.contains("container \"app\" in pod \"stuck\" is waiting to start: ")
+            && (message.contains("ErrImagePull") || message.contains("ImagePullBackOff")),
+        "{message}"
+    );
 
     // exec through the API server: SPDY proxied to containerd's streaming server.
     let out = kubectl(&[

@@ -98,54 +98,17 @@ pub async fn handle(
         Ok(o) => o,
         Err((status, message)) => return response::text(status, message),
     };
-    let Some(pod) = context.pods.find(namespace, pod_name) else {
-        return response::text(
-            StatusCode::NOT_FOUND,
-            format!("pod {pod_name:?} does not exist"),
-        );
-    };
-    if !containers::has_container(&pod, container) {
-        return response::text(
-            StatusCode::NOT_FOUND,
-            format!("container {container:?} not found in pod {pod_name:?}"),
-        );
-    }
-    let instances =
-        match containers::instances(&context.cri, containers::pod_uid(&pod), container).await {
-            Ok(i) => i,
-            Err(e) => return response::text(StatusCode::BAD_REQUEST, e.message().to_string()),
+    let (id, log_path) =
+        match log_of(context, namespace, pod_name, container, options.previous).await {
+            Ok(found) => found,
+            Err(resp) => return resp,
         };
-    // The previous instance is the one before the newest (restart count - 1).
-    let wanted = if options.previous {
-        let newest = instances
-            .first()
-            .map(|c| c.metadata.as_ref().map_or(0, |m| m.attempt));
-        instances.iter().find(|c| {
-            newest.is_some_and(|n| n > 0 && c.metadata.as_ref().map_or(0, |m| m.attempt) == n - 1)
-        })
-    } else {
-        instances.first()
-    };
-    let Some(instance) = wanted else {
-        let message = if options.previous {
-            format!("previous terminated container {container:?} in pod {pod_name:?} not found")
-        } else {
-            format!(
-                "container {container:?} in pod {pod_name:?} is waiting to start: ContainerCreating"
-            )
-        };
-        return response::text(StatusCode::BAD_REQUEST, message);
-    };
-    let status = match containers::status(&context.cri, &instance.id).await {
-        Ok(s) => s,
-        Err(e) => return response::text(StatusCode::BAD_REQUEST, e.message().to_string()),
-    };
-    let mut file = match tokio::fs::File::open(&status.log_path).await {
+    let mut file = match tokio::fs::File::open(&log_path).await {
         Ok(f) => f,
         Err(e) => {
             return response::text(
                 StatusCode::BAD_REQUEST,
-                format!("failed to open log file {:?}: {e}", status.log_path),
+                format!("failed to open log file {log_path:?}: {e}"),
             );
         }
     };
@@ -153,13 +116,12 @@ pub async fn handle(
     if let Err(e) = file.read_to_end(&mut existing).await {
         return response::text(
             StatusCode::BAD_REQUEST,
-            format!("failed to read log file {:?}: {e}", status.log_path),
+            format!("failed to read log file {log_path:?}: {e}"),
         );
     }
     let (tx, body) = response::channel(16);
     let follow = options.follow && !options.previous;
     let cri = context.cri.clone();
-    let id = instance.id.clone();
     tokio::spawn(async move {
         let mut writer = LogWriter::new(tx, &options);
         let mut assembler = Assembler::default();
@@ -192,6 +154,75 @@ pub async fn handle(
         http::HeaderValue::from_static("text/plain"),
     );
     resp
+}
+
+/// The container instance whose log is asked for and its log file, or the error
+/// response upstream gives (its texts, status 404 or 400).
+async fn log_of(
+    context: &Context,
+    namespace: &str,
+    pod_name: &str,
+    container: &str,
+    previous: bool,
+) -> Result<(String, String), Response<Body>> {
+    let Some(pod) = context.pods.find(namespace, pod_name) else {
+        return Err(response::text(
+            StatusCode::NOT_FOUND,
+            format!("pod {pod_name:?} does not exist"),
+        ));
+    };
+    if !containers::has_container(&pod, container) {
+        return Err(response::text(
+            StatusCode::NOT_FOUND,
+            format!("container {container:?} not found in pod {pod_name:?}"),
+        ));
+    }
+    let cri_error =
+        |e: tonic::Status| response::text(StatusCode::BAD_REQUEST, e.message().to_string());
+    let instances = containers::instances(&context.cri, containers::pod_uid(&pod), container)
+        .await
+        .map_err(cri_error)?;
+    let attempt = |c: &cri::Container| c.metadata.as_ref().map_or(0, |m| m.attempt);
+    let wanted = match instances.first() {
+        // The previous instance is the one before the newest (restart count - 1).
+        Some(newest) if previous => instances
+            .iter()
+            .find(|c| attempt(newest) > 0 && attempt(c) == attempt(newest) - 1),
+        newest => newest.filter(|_| !previous),
+    };
+    let Some(instance) = wanted else {
+        let message = if previous {
+            format!("previous terminated container {container:?} in pod {pod_name:?} not found")
+        } else {
+            let reason = waiting_reason(&pod, container).unwrap_or("ContainerCreating");
+            format!("container {container:?} in pod {pod_name:?} is waiting to start: {reason}")
+        };
+        return Err(response::text(StatusCode::BAD_REQUEST, message));
+    };
+    let status = containers::status(&context.cri, &instance.id)
+        .await
+        .map_err(cri_error)?;
+    Ok((instance.id.clone(), status.log_path))
+}
+
+/// Why the pod's status says the container waits (ErrImagePull, ...), if it does.
+fn waiting_reason<'a>(
+    pod: &'a k8s_openapi::api::core::v1::Pod,
+    container: &str,
+) -> Option<&'a str> {
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .find(|s| s.name == container)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .as_deref()
 }
 
 /// Keeps reading lines appended to the log until the container stops running or the
