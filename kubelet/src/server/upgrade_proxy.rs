@@ -203,3 +203,50 @@ fn bad_gateway(message: String) -> Response<Body> {
     tracing::warn!("{message}");
     response::text(StatusCode::INTERNAL_SERVER_ERROR, message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that writes `answer` to the first client and closes.
+    async fn backend(answer: &'static [u8]) -> TcpStream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.write_all(answer).await.unwrap();
+        });
+        TcpStream::connect(addr).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_head_is_split_from_stream_bytes_that_follow_it() {
+        let mut conn = backend(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+              X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n\x80\x03\x00\x01",
+        )
+        .await;
+        let (status, headers, leftover) = read_head(&mut conn).await.unwrap();
+        assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(headers.len(), 3);
+        assert_eq!(headers[1].0, http::header::UPGRADE);
+        assert_eq!(headers[2].1, "v4.channel.k8s.io");
+        assert_eq!(leftover, b"\x80\x03\x00\x01");
+    }
+
+    #[tokio::test]
+    async fn error_answers_are_read_by_their_length() {
+        let mut conn = backend(b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nno su").await;
+        let (status, headers, leftover) = read_head(&mut conn).await.unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(read_rest(&mut conn, leftover, &headers).await, b"no su");
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error() {
+        let mut conn = backend(b"SSH-2.0-OpenSSH\r\n\r\n").await;
+        assert!(read_head(&mut conn).await.is_err());
+        let mut conn = backend(b"HTTP/1.1 200 OK\r\n").await;
+        assert!(read_head(&mut conn).await.is_err());
+    }
+}
