@@ -227,6 +227,20 @@ fn requests_are_authenticated_and_authorized_as_upstream() {
     assert!(n["memory"]["workingSetBytes"].as_u64().unwrap() > 0, "{n}");
     assert!(n["fs"]["capacityBytes"].as_u64().unwrap() > 0, "{n}");
     assert!(summary["pods"].is_array(), "{summary}");
+    // What metrics-server asks for.
+    let (status, body) =
+        kubelet_get(port, "/stats/summary?only_cpu_and_memory=true", admin()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let lean: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        lean["node"]["cpu"]["usageCoreNanoSeconds"].is_u64(),
+        "{lean}"
+    );
+    assert!(lean["node"]["memory"]["workingSetBytes"].is_u64(), "{lean}");
+    assert!(
+        lean["node"]["fs"].is_null() && lean["node"]["network"].is_null(),
+        "{lean}"
+    );
 
     let (status, body) = kubelet_get(port, "/metrics/resource", admin()).unwrap();
     assert_eq!(status, 200, "{body}");

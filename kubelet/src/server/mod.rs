@@ -206,6 +206,9 @@ async fn dispatch(context: &Context, req: Request<Incoming>) -> Response<Body> {
             streaming::port_forward(context, &namespace, &pod, req).await
         }
         Route::StatsSummary => match context.stats.summary(context).await {
+            Ok(summary) if only_cpu_and_memory(req.uri().query()) => {
+                response::json(&summary.only_cpu_and_memory())
+            }
             Ok(summary) => response::json(&summary),
             Err(e) => response::text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -221,6 +224,13 @@ async fn dispatch(context: &Context, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Upstream reads the flag leniently: anything but a Go boolean counts as false.
+fn only_cpu_and_memory(query: Option<&str>) -> bool {
+    let pairs = query::pairs(query);
+    let values = query::all(&pairs, "only_cpu_and_memory");
+    matches!(values.as_slice(), [v] if query::parse_bool(v) == Some(true))
+}
+
 /// `/pods`: the pods bound to this node as a v1 PodList.
 fn pod_list(pods: &PodView) -> Response<Body> {
     let mut items = pods.pods();
@@ -233,4 +243,20 @@ fn pod_list(pods: &PodView) -> Response<Body> {
         "metadata": {},
         "items": items,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cpu_and_memory_is_read_as_upstream_reads_it() {
+        assert!(only_cpu_and_memory(Some("only_cpu_and_memory=true")));
+        assert!(only_cpu_and_memory(Some("a=b&only_cpu_and_memory=1")));
+        assert!(!only_cpu_and_memory(Some("only_cpu_and_memory=yes")));
+        assert!(!only_cpu_and_memory(Some(
+            "only_cpu_and_memory=true&only_cpu_and_memory=true"
+        )));
+        assert!(!only_cpu_and_memory(None));
+    }
 }

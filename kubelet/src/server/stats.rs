@@ -146,6 +146,24 @@ pub struct ContainerStats {
     pub rootfs: Option<FsStats>,
 }
 
+impl Summary {
+    /// `?only_cpu_and_memory=true` (what metrics-server asks for): the same summary
+    /// without network and filesystem figures.
+    pub fn only_cpu_and_memory(mut self) -> Self {
+        self.node.network = None;
+        self.node.fs = None;
+        self.node.runtime = None;
+        for pod in &mut self.pods {
+            pod.network = None;
+            pod.ephemeral_storage = None;
+            for c in &mut pod.containers {
+                c.rootfs = None;
+            }
+        }
+        self
+    }
+}
+
 /// Keeps the previous node CPU sample, so `usageNanoCores` is a rate over the time
 /// between scrapes, as cAdvisor's is over its housekeeping interval.
 pub struct Collector {
