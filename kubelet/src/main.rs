@@ -80,8 +80,13 @@ async fn run(flags: Flags) -> Result<()> {
     // Bound before registering, so a taken port or a bad certificate stops the start
     // instead of leaving a node that cannot serve logs or exec.
     let pods = PodView::default();
-    let server = Server::bind(&settings, client.clone(), cri.clone(), pods.clone()).await?;
-    let server_task = tokio::spawn(server.run());
+    let server_task = if settings.server.enabled {
+        let server = Server::bind(&settings, client.clone(), cri.clone(), pods.clone()).await?;
+        Some(tokio::spawn(server.run()))
+    } else {
+        info!("enableServer is false: not serving the kubelet API");
+        None
+    };
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -143,6 +148,8 @@ async fn run(flags: Flags) -> Result<()> {
     // Containers keep running: a restarted kubelet adopts them.
     pods_task.abort();
     status_task.abort();
-    server_task.abort();
+    if let Some(task) = server_task {
+        task.abort();
+    }
     Ok(())
 }

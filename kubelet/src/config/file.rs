@@ -36,6 +36,7 @@ pub struct KubeletConfigFile {
     #[serde(rename = "clusterDNS")]
     pub cluster_dns: Option<Vec<String>>,
     pub cluster_domain: Option<String>,
+    pub enable_server: Option<bool>,
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_private_key_file: Option<std::path::PathBuf>,
     pub authentication: Option<super::server::AuthenticationFile>,

@@ -87,6 +87,10 @@ pub struct Flags {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub register_node: Option<bool>,
 
+    /// Serve the kubelet API on --address:--port (--enable-server[=false]).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub enable_server: Option<bool>,
+
     /// Serving certificate (PEM, may include intermediates) for the kubelet's HTTPS server.
     #[arg(long)]
     pub tls_cert_file: Option<PathBuf>,
@@ -236,7 +240,6 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "cpu-cfs-quota",
     "enable-controller-attach-detach",
     "enable-debugging-handlers",
-    "enable-server",
     "exit-on-lock-contention",
     "experimental-allocatable-ignore-eviction",
     "experimental-check-node-capabilities-before-mount",

@@ -77,6 +77,8 @@ pub enum AuthorizationMode {
 /// Everything the :10250 server needs to know about TLS and access control.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// `enableServer`: without it the kubelet serves no API at all.
+    pub enabled: bool,
     /// Serving certificate and key; `None` means a self-signed pair in `--cert-dir`.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_private_key_file: Option<PathBuf>,
@@ -163,6 +165,7 @@ impl ServerSettings {
             bail!("tlsCertFile and tlsPrivateKeyFile must be given together");
         }
         Ok(ServerSettings {
+            enabled: flags.enable_server.or(file.enable_server).unwrap_or(true),
             tls_cert_file,
             tls_private_key_file,
             client_ca_file: flags.client_ca_file.clone().or(authn.x509.client_ca_file),
@@ -191,6 +194,9 @@ mod tests {
         assert_eq!(s.token_webhook_cache_ttl, None);
         assert_eq!(s.authorization, AuthorizationMode::AlwaysAllow);
         assert_eq!(s.client_ca_file, None);
+        assert!(s.enabled);
+        let off = ServerSettings::resolve(&flags(&["--enable-server=false"]), None).unwrap();
+        assert!(!off.enabled);
     }
 
     #[test]

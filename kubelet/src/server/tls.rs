@@ -150,6 +150,7 @@ mod tests {
 
     fn settings() -> ServerSettings {
         ServerSettings {
+            enabled: true,
             tls_cert_file: None,
             tls_private_key_file: None,
             client_ca_file: None,
