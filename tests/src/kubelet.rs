@@ -195,3 +195,21 @@ impl Kubelet {
         })
     }
 }
+
+/// One containerd (with a registry as its mirror) for every test of a test binary, the
+/// known-good CRI runtime for our kubelet; its script tears it down when the test
+/// process exits. Returns its CRI socket.
+pub fn shared_containerd() -> &'static Path {
+    use std::sync::OnceLock;
+    static SHARED: OnceLock<(
+        crate::registry::Registry,
+        crate::reference_node::ReferenceNode,
+    )> = OnceLock::new();
+    let (_, node) = SHARED.get_or_init(|| {
+        let registry = crate::registry::Registry::start().expect("starting the registry");
+        let node = crate::reference_node::ReferenceNode::containerd_only(&registry)
+            .expect("starting containerd");
+        (registry, node)
+    });
+    Path::new(node.cri_socket())
+}

@@ -3,29 +3,14 @@
 //! refused), authorization by SubjectAccessReview with upstream's 403 text, the
 //! read endpoints, and `kubectl logs`/`exec`/`port-forward` through the API server.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use node_tests::control_plane::ControlPlane;
 use node_tests::fixture::unique_name;
-use node_tests::kubelet::{Kubelet, KubeletAuth, KubeletNode, kubelet_get};
-use node_tests::reference_node::ReferenceNode;
-use node_tests::registry::Registry;
+use node_tests::kubelet::{Kubelet, KubeletAuth, KubeletNode, kubelet_get, shared_containerd};
 use serde_json::Value;
-
-/// One containerd for every test in this binary; its script tears it down when the
-/// test process exits.
-fn containerd() -> &'static Path {
-    static SHARED: OnceLock<(Registry, ReferenceNode)> = OnceLock::new();
-    let (_, node) = SHARED.get_or_init(|| {
-        let registry = Registry::start().expect("starting the registry");
-        let node = ReferenceNode::containerd_only(&registry).expect("starting containerd");
-        (registry, node)
-    });
-    Path::new(node.cri_socket())
-}
 
 /// The control plane's admin client certificate (CN kubernetes-admin, O system:masters).
 fn admin_cert(cp: &ControlPlane) -> (PathBuf, PathBuf) {
@@ -52,7 +37,7 @@ fn start_node_with(cp: &ControlPlane, tag: &str, extra: Option<&str>) -> (Kubele
     )
     .unwrap();
     // The API server reaches kubelets at their InternalIP: loopback here.
-    let kubelet = Kubelet::start(&node, containerd(), &["--node-ip", "127.0.0.1"]).unwrap();
+    let kubelet = Kubelet::start(&node, shared_containerd(), &["--node-ip", "127.0.0.1"]).unwrap();
     (node, kubelet)
 }
 
