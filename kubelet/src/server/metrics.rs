@@ -10,7 +10,7 @@ use k8s_cri::v1 as cri;
 
 use super::Context;
 use super::response::{self, Body};
-use super::stats::{CpuStats, MemoryStats, Summary};
+use super::summary::{CpuStats, MemoryStats, Summary};
 
 /// Builds a Prometheus text page, one metric family at a time.
 #[derive(Default)]

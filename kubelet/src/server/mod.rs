@@ -16,6 +16,7 @@ mod response;
 mod routes;
 mod stats;
 mod streaming;
+mod summary;
 mod tls;
 mod upgrade_proxy;
 mod x509_name;

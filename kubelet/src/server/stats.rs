@@ -1,6 +1,6 @@
 //! `/stats/summary`: node usage from the kernel ([`host_stats`]) and pod/container
-//! usage from CRI stats, in upstream's `statsapi.Summary` JSON shape (what
-//! metrics-server and `kubectl top` read).
+//! usage from CRI stats, gathered into upstream's `statsapi.Summary` ([`super::summary`],
+//! what metrics-server and `kubectl top` read).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,159 +10,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_cri::v1 as cri;
-use serde::Serialize;
 
 use super::containers::{LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
+use super::summary::{
+    ContainerStats, CpuStats, FsStats, InterfaceStats, MemoryStats, NetworkStats, NodeStats,
+    PodReference, PodStats, RuntimeStats, Summary,
+};
 use super::{Context, host_stats};
 
 /// A rate needs two samples; a first request waits this long for its second one.
 const FIRST_SAMPLE_GAP: Duration = Duration::from_millis(200);
 /// Samples older than this do not make a meaningful rate.
 const MAX_SAMPLE_AGE: Duration = Duration::from_secs(120);
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Summary {
-    pub node: NodeStats,
-    pub pods: Vec<PodStats>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeStats {
-    pub node_name: String,
-    pub start_time: String,
-    pub cpu: CpuStats,
-    pub memory: MemoryStats,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkStats>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fs: Option<FsStats>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<RuntimeStats>,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CpuStats {
-    pub time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage_nano_cores: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage_core_nano_seconds: Option<u64>,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MemoryStats {
-    pub time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub available_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub working_set_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rss_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub page_faults: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub major_page_faults: Option<u64>,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InterfaceStats {
-    pub name: String,
-    pub rx_bytes: Option<u64>,
-    pub rx_errors: Option<u64>,
-    pub tx_bytes: Option<u64>,
-    pub tx_errors: Option<u64>,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkStats {
-    pub time: String,
-    /// The default interface's counters, inline as upstream embeds them.
-    #[serde(flatten)]
-    pub default: InterfaceStats,
-    pub interfaces: Vec<InterfaceStats>,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FsStats {
-    pub time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub available_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capacity_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub used_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inodes_free: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inodes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inodes_used: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RuntimeStats {
-    pub image_fs: FsStats,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PodReference {
-    pub name: String,
-    pub namespace: String,
-    pub uid: String,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodStats {
-    pub pod_ref: PodReference,
-    pub start_time: String,
-    pub containers: Vec<ContainerStats>,
-    pub cpu: CpuStats,
-    pub memory: MemoryStats,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkStats>,
-    #[serde(rename = "ephemeral-storage", skip_serializing_if = "Option::is_none")]
-    pub ephemeral_storage: Option<FsStats>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerStats {
-    pub name: String,
-    pub start_time: String,
-    pub cpu: CpuStats,
-    pub memory: MemoryStats,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rootfs: Option<FsStats>,
-}
-
-impl Summary {
-    /// `?only_cpu_and_memory=true` (what metrics-server asks for): the same summary
-    /// without network and filesystem figures.
-    pub fn only_cpu_and_memory(mut self) -> Self {
-        self.node.network = None;
-        self.node.fs = None;
-        self.node.runtime = None;
-        for pod in &mut self.pods {
-            pod.network = None;
-            pod.ephemeral_storage = None;
-            for c in &mut pod.containers {
-                c.rootfs = None;
-            }
-        }
-        self
-    }
-}
 
 /// Keeps the previous node CPU sample, so `usageNanoCores` is a rate over the time
 /// between scrapes, as cAdvisor's is over its housekeeping interval.
