@@ -1,5 +1,6 @@
-//! `kubelet`: the node agent. Registers the Node, keeps its Lease, and reports the
-//! node's status from a CRI v1 runtime until SIGTERM.
+//! `kubelet`: the node agent. Registers the Node, keeps its Lease, runs the node's
+//! pods and reports status from a CRI v1 runtime, and serves the kubelet API
+//! (:10250) until SIGTERM.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -12,6 +13,8 @@ use kubelet::config::{Flags, KubeletConfigFile, Settings};
 use kubelet::cri::CriClient;
 use kubelet::node::StatusReporter;
 use kubelet::node::lease::LeaseKeeper;
+use kubelet::pods::PodView;
+use kubelet::server::Server;
 
 fn main() {
     let (args, unsupported) = kubelet::config::flags::strip_unsupported(std::env::args());
@@ -74,6 +77,16 @@ async fn run(flags: Flags) -> Result<()> {
         .context("loading the kubeconfig")?;
     let client = kube::Client::try_from(config).context("building the API client")?;
     let cri = CriClient::new(&settings.runtime_socket)?;
+    // Bound before registering, so a taken port or a bad certificate stops the start
+    // instead of leaving a node that cannot serve logs or exec.
+    let pods = PodView::default();
+    let server_task = if settings.server.enabled {
+        let server = Server::bind(&settings, client.clone(), cri.clone(), pods.clone()).await?;
+        Some(tokio::spawn(server.run()))
+    } else {
+        info!("enableServer is false: not serving the kubelet API");
+        None
+    };
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -119,6 +132,7 @@ async fn run(flags: Flags) -> Result<()> {
             cluster_domain: settings.cluster_domain.clone(),
             runtime_name,
             uid: String::new(),
+            view: pods,
         };
         let node_name = settings.node_name.clone();
         tokio::spawn(async move { kubelet::pods::run(ctx, &node_name).await })
@@ -134,5 +148,8 @@ async fn run(flags: Flags) -> Result<()> {
     // Containers keep running: a restarted kubelet adopts them.
     pods_task.abort();
     status_task.abort();
+    if let Some(task) = server_task {
+        task.abort();
+    }
     Ok(())
 }

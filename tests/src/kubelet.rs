@@ -140,3 +140,76 @@ impl Drop for Kubelet {
         self.stop(Duration::from_secs(10));
     }
 }
+
+/// How a test authenticates to a kubelet's :10250 server.
+pub enum KubeletAuth<'a> {
+    Anonymous,
+    Token(&'a str),
+    ClientCert { cert: &'a Path, key: &'a Path },
+}
+
+/// `GET https://127.0.0.1:<port><path>` with curl, not verifying the kubelet's
+/// (self-signed) serving certificate; returns the status code and body.
+pub fn kubelet_get(port: u16, path: &str, auth: KubeletAuth) -> Result<(u16, String)> {
+    const STATUS_MARK: &str = "\n--nodert-status:";
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "--max-time", "20", "-w"])
+        .arg(format!("{STATUS_MARK}%{{http_code}}"))
+        .arg(format!("https://127.0.0.1:{port}{path}"));
+    match auth {
+        KubeletAuth::Anonymous => {}
+        KubeletAuth::Token(token) => {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {token}"));
+        }
+        KubeletAuth::ClientCert { cert, key } => {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+    }
+    let out = crate::fixture::run_ok(&mut cmd)?;
+    let (body, status) = out
+        .rsplit_once(STATUS_MARK)
+        .with_context(|| format!("curl printed no status: {out}"))?;
+    Ok((status.trim().parse()?, body.to_string()))
+}
+
+impl Kubelet {
+    /// Polls `f` until it yields a value; panics with the last error and the kubelet's
+    /// log on timeout, or at once if the kubelet exits.
+    pub fn eventually<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Result<Option<T>>,
+    ) -> T {
+        let result = crate::fixture::try_eventually(timeout, || {
+            if let Err(e) = self.check_running() {
+                panic!("{what}: {e:#}");
+            }
+            f()
+        });
+        result.unwrap_or_else(|last| {
+            panic!(
+                "{what} did not happen within {timeout:?}: {last}\nkubelet log:\n{}",
+                self.log_text()
+            )
+        })
+    }
+}
+
+/// One containerd (with a registry as its mirror) for every test of a test binary, the
+/// known-good CRI runtime for our kubelet; its script tears it down when the test
+/// process exits. Returns its CRI socket.
+pub fn shared_containerd() -> &'static Path {
+    use std::sync::OnceLock;
+    static SHARED: OnceLock<(
+        crate::registry::Registry,
+        crate::reference_node::ReferenceNode,
+    )> = OnceLock::new();
+    let (_, node) = SHARED.get_or_init(|| {
+        let registry = crate::registry::Registry::start().expect("starting the registry");
+        let node = crate::reference_node::ReferenceNode::containerd_only(&registry)
+            .expect("starting containerd");
+        (registry, node)
+    });
+    Path::new(node.cri_socket())
+}

@@ -36,13 +36,34 @@ pub struct KubeletConfigFile {
     #[serde(rename = "clusterDNS")]
     pub cluster_dns: Option<Vec<String>>,
     pub cluster_domain: Option<String>,
+    pub enable_server: Option<bool>,
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_private_key_file: Option<std::path::PathBuf>,
+    pub authentication: Option<super::server::AuthenticationFile>,
+    pub authorization: Option<super::server::AuthorizationFile>,
 }
 
 impl KubeletConfigFile {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading kubelet config file {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("parsing {}", path.display()))
+        let mut file = Self::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+        file.resolve_relative_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(file)
+    }
+
+    /// Upstream reads relative paths in the file as relative to the file's directory.
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut Option<std::path::PathBuf>| {
+            if let Some(path) = p.as_mut().filter(|p| p.is_relative()) {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.tls_cert_file);
+        resolve(&mut self.tls_private_key_file);
+        if let Some(authn) = self.authentication.as_mut() {
+            resolve(&mut authn.x509.client_ca_file);
+        }
     }
 
     /// YAML is a superset of JSON, so one parser takes both encodings upstream accepts.
@@ -107,6 +128,26 @@ authentication: {anonymous: {enabled: false}}
         assert_eq!(f.kube_reserved.unwrap()["memory"], "256Mi");
         assert_eq!(f.node_status_report_frequency.as_deref(), Some("5m0s"));
         assert_eq!(f.provider_id.as_deref(), Some("aws:///us-east-1a/i-0123"));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+             tlsCertFile: pki/serving.crt\ntlsPrivateKeyFile: /abs/serving.key\n\
+             authentication: {x509: {clientCAFile: ca.crt}}\n",
+        )
+        .unwrap();
+        let f = KubeletConfigFile::load(&path).unwrap();
+        assert_eq!(f.tls_cert_file, Some(dir.path().join("pki/serving.crt")));
+        assert_eq!(f.tls_private_key_file, Some("/abs/serving.key".into()));
+        assert_eq!(
+            f.authentication.unwrap().x509.client_ca_file,
+            Some(dir.path().join("ca.crt"))
+        );
     }
 
     #[test]

@@ -87,6 +87,46 @@ pub struct Flags {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub register_node: Option<bool>,
 
+    /// Serve the kubelet API on --address:--port (--enable-server[=false]).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub enable_server: Option<bool>,
+
+    /// Serving certificate (PEM, may include intermediates) for the kubelet's HTTPS server.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) matching --tls-cert-file.
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// CA bundle that client certificates are verified against (user = CN, groups = O).
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// Allow requests without credentials as system:anonymous (--anonymous-auth[=false]).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub anonymous_auth: Option<bool>,
+
+    /// Check bearer tokens with the API server's TokenReview.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub authentication_token_webhook: Option<bool>,
+
+    /// How long TokenReview answers are cached, e.g. 2m0s.
+    #[arg(long)]
+    pub authentication_token_webhook_cache_ttl: Option<String>,
+
+    /// Webhook (SubjectAccessReview) or AlwaysAllow.
+    #[arg(long)]
+    pub authorization_mode: Option<String>,
+
+    /// How long allowed SubjectAccessReview answers are cached, e.g. 5m0s.
+    #[arg(long)]
+    pub authorization_webhook_cache_authorized_ttl: Option<String>,
+
+    /// How long denied SubjectAccessReview answers are cached, e.g. 30s.
+    #[arg(long)]
+    pub authorization_webhook_cache_unauthorized_ttl: Option<String>,
+
     /// Log verbosity (klog levels: 0-3 info, 4-5 debug, 6+ trace).
     #[arg(long = "v", short = 'v', default_value_t = 0)]
     pub verbosity: u8,
@@ -97,15 +137,10 @@ pub struct Flags {
 /// replacement, so they are dropped with a warning instead.
 const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "allowed-unsafe-sysctls",
-    "authentication-token-webhook-cache-ttl",
-    "authorization-mode",
-    "authorization-webhook-cache-authorized-ttl",
-    "authorization-webhook-cache-unauthorized-ttl",
     "bootstrap-kubeconfig",
     "cgroup-driver",
     "cgroup-root",
     "chaos-chance",
-    "client-ca-file",
     "cloud-config",
     "cloud-provider",
     "cluster-dns",
@@ -188,10 +223,8 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "sync-frequency",
     "system-cgroups",
     "system-reserved-cgroup",
-    "tls-cert-file",
     "tls-cipher-suites",
     "tls-min-version",
-    "tls-private-key-file",
     "topology-manager-policy",
     "vmodule",
     "volume-plugin-dir",
@@ -202,14 +235,11 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
 /// (pflag only takes `--flag=false` for a boolean).
 const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "alsologtostderr",
-    "anonymous-auth",
-    "authentication-token-webhook",
     "cgroups-per-qos",
     "contention-profiling",
     "cpu-cfs-quota",
     "enable-controller-attach-detach",
     "enable-debugging-handlers",
-    "enable-server",
     "exit-on-lock-contention",
     "experimental-allocatable-ignore-eviction",
     "experimental-check-node-capabilities-before-mount",

@@ -4,6 +4,7 @@
 pub mod duration;
 pub mod file;
 pub mod flags;
+pub mod server;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use crate::quantity;
 pub use duration::parse_go_duration;
 pub use file::KubeletConfigFile;
 pub use flags::Flags;
+pub use server::{AuthorizationMode, ServerSettings};
 
 /// Upstream 1.27+ default; older kubelets defaulted to dockershim, which no longer exists.
 pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
@@ -38,6 +40,7 @@ pub struct Settings {
     pub cert_dir: PathBuf,
     pub address: IpAddr,
     pub port: u16,
+    pub server: ServerSettings,
     pub reserved: Reserved,
     pub node_status_update_frequency: Duration,
     pub node_status_report_frequency: Duration,
@@ -64,6 +67,7 @@ impl Settings {
     /// Resolves flags and the optional config file. `hostname` is the machine's name,
     /// used when `--hostname-override` is absent.
     pub fn resolve(flags: Flags, file: Option<KubeletConfigFile>, hostname: &str) -> Result<Self> {
+        let server = ServerSettings::resolve(&flags, file.as_ref())?;
         let file = file.unwrap_or_default();
         let kubeconfig = flags
             .kubeconfig
@@ -190,6 +194,7 @@ impl Settings {
             cert_dir: flags.cert_dir,
             address,
             port,
+            server,
             reserved,
             node_status_update_frequency,
             node_status_report_frequency,

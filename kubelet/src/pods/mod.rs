@@ -6,6 +6,7 @@ mod status;
 mod worker;
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -27,6 +28,38 @@ pub struct PodContext {
     pub runtime_name: String,
     /// Set per worker.
     pub uid: String,
+    /// Filled by [`run`] for readers such as the :10250 server.
+    pub view: PodView,
+}
+
+/// A read-only view of the pods bound to this node as the watch last saw them, keyed
+/// by UID (upstream's pod manager, as far as the :10250 server needs it).
+#[derive(Clone, Default)]
+pub struct PodView(Arc<RwLock<HashMap<String, Pod>>>);
+
+impl PodView {
+    pub fn pods(&self) -> Vec<Pod> {
+        self.0
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn find(&self, namespace: &str, name: &str) -> Option<Pod> {
+        let pods = self.0.read().ok()?;
+        pods.values()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(namespace)
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .cloned()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut HashMap<String, Pod>)) {
+        if let Ok(mut pods) = self.0.write() {
+            f(&mut pods);
+        }
+    }
 }
 
 pub(crate) fn now() -> String {
@@ -54,6 +87,8 @@ pub async fn run(ctx: PodContext, node_name: &str) {
             watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 seen_in_relist.push(uid.clone());
+                ctx.view
+                    .update(|v| drop(v.insert(uid.clone(), pod.clone())));
                 workers.retain(|_, tx| !tx.is_closed());
                 match workers.get(&uid) {
                     Some(tx) => {
@@ -69,11 +104,15 @@ pub async fn run(ctx: PodContext, node_name: &str) {
                 }
             }
             watcher::Event::Delete(pod) => {
+                ctx.view
+                    .update(|v| drop(v.remove(pod.metadata.uid.as_deref().unwrap_or_default())));
                 if let Some(tx) = workers.get(pod.metadata.uid.as_deref().unwrap_or_default()) {
                     let _ = tx.send(None);
                 }
             }
             watcher::Event::InitDone => {
+                ctx.view
+                    .update(|v| v.retain(|uid, _| seen_in_relist.contains(uid)));
                 // Pods deleted while the watch was down.
                 for (uid, tx) in &workers {
                     if !seen_in_relist.contains(uid) {

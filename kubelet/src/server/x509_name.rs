@@ -1,0 +1,120 @@
+//! The user a client certificate names: upstream's x509 authenticator takes the
+//! subject's CommonName as user name and its Organizations as groups. rustls has
+//! already verified the chain; this only reads the subject, with a minimal DER walk
+//! (the certificate structure up to the subject is fixed by RFC 5280).
+
+/// Subject fields of interest, in certificate order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub common_name: Option<String>,
+    pub organizations: Vec<String>,
+}
+
+const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+const OID_ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];
+
+/// One DER element: its tag and contents, and the bytes after it.
+fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let len = rest[..count]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[count..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+const SEQUENCE: u8 = 0x30;
+const SET: u8 = 0x31;
+const EXPLICIT_VERSION: u8 = 0xa0;
+
+/// Reads the subject of a DER certificate; `None` if it is not well-formed.
+pub fn subject(cert_der: &[u8]) -> Option<Subject> {
+    let (SEQUENCE, cert, _) = element(cert_der)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = element(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    // version (optional), serial, signature algorithm, issuer, validity, subject.
+    let (tag, _, after) = element(rest)?;
+    if tag == EXPLICIT_VERSION {
+        rest = after;
+    }
+    for _ in 0..4 {
+        rest = element(rest)?.2;
+    }
+    let (SEQUENCE, mut name, _) = element(rest)? else {
+        return None;
+    };
+    let mut subject = Subject::default();
+    while !name.is_empty() {
+        let (SET, mut rdn, next) = element(name)? else {
+            return None;
+        };
+        name = next;
+        while !rdn.is_empty() {
+            let (SEQUENCE, attribute, next) = element(rdn)? else {
+                return None;
+            };
+            rdn = next;
+            let (_, oid, value) = element(attribute)?;
+            let (string_tag, value, _) = element(value)?;
+            // UTF8String, PrintableString, TeletexString, IA5String.
+            if !matches!(string_tag, 0x0c | 0x13 | 0x14 | 0x16) {
+                continue;
+            }
+            let value = String::from_utf8_lossy(value).into_owned();
+            if oid == OID_COMMON_NAME {
+                subject.common_name = Some(value);
+            } else if oid == OID_ORGANIZATION {
+                subject.organizations.push(value);
+            }
+        }
+    }
+    Some(subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_common_name_and_organizations() {
+        let mut params = rcgen::CertificateParams::new(vec!["x".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:masters");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kube-apiserver-kubelet-client");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let s = subject(cert.der()).unwrap();
+        assert_eq!(
+            s.common_name.as_deref(),
+            Some("kube-apiserver-kubelet-client")
+        );
+        assert_eq!(s.organizations, vec!["system:masters".to_string()]);
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert_eq!(subject(b""), None);
+        assert_eq!(subject(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(subject(&[0x30, 0x03, 0x30, 0x01, 0x00]), None);
+    }
+}
