@@ -117,9 +117,22 @@ EOF
 
     local kubeconfig node_ip_flag=()
     kubeconfig="$("$REPO_ROOT/hack/control-plane.sh" node-credentials --dir "$CP_DIR" --node "$node")"
-    printf 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\naddress: %s\nport: %s\n' \
-        "$kubelet_addr" "$kubelet_port" >"$DIR/kubelet/config.yaml"
-    [ -z "$node_ip" ] || node_ip_flag=(--node-ip "${node_ip%/*}")
+    # The API server reaches :10250 with its kubelet-client certificate (our CA) for
+    # logs, exec and port-forward; everyone else needs a token the API server accepts.
+    cat >"$DIR/kubelet/config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $kubelet_addr
+port: $kubelet_port
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $CP_DIR/pki/ca.crt}
+authorization: {mode: Webhook}
+EOF
+    # On the host's network the kubelet serves on loopback only: that is its address.
+    node_ip_flag=(--node-ip "${node_ip:-127.0.0.1}")
+    node_ip_flag[1]="${node_ip_flag[1]%/*}"
     supervise kubelet "${IN_NODE[@]}" "$BIN_DIR/kubelet" --kubeconfig "$kubeconfig" \
         --config "$DIR/kubelet/config.yaml" --container-runtime-endpoint "unix://$DIR/cri.sock" \
         --hostname-override "$node" --root-dir "$DIR/kubelet/root" --cert-dir "$DIR/kubelet/pki" \
