@@ -6,3 +6,4 @@ pub mod cri;
 pub mod node;
 pub mod pods;
 pub mod quantity;
+pub mod volumes;

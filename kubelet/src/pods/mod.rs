@@ -1,11 +1,16 @@
 //! Pods bound to this node: a watch on `spec.nodeName=<node>` feeding one worker per
 //! pod UID ([`worker`]), each an explicit state machine over the CRI runtime.
 
+pub mod env;
+mod events;
+pub mod fieldpath;
+pub mod sources;
 mod spec;
 mod status;
 mod worker;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -25,6 +30,8 @@ pub struct PodContext {
     pub cluster_domain: String,
     /// The scheme of containerIDs (`containerd://...`), from CRI Version.
     pub runtime_name: String,
+    /// `--root-dir`: pod directories (volumes) live under `<root-dir>/pods/<uid>`.
+    pub root_dir: PathBuf,
     /// Set per worker.
     pub uid: String,
 }

@@ -1,0 +1,102 @@
+//! projected volumes: secrets, configMaps, downward API fields and service-account
+//! tokens merged into one directory. The `kube-api-access-*` volume the 1.20
+//! apiserver injects into every pod is one of these (token + kube-root-ca.crt +
+//! namespace).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, ProjectedVolumeSource};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::atomic_writer::Payload;
+use super::token::{DEFAULT_EXPIRATION_SECONDS, TokenCache};
+use super::{config_map, downward_api, keys, secret};
+use crate::pods::fieldpath::PodAddresses;
+
+pub struct ProjectionInputs<'a> {
+    pub client: &'a kube::Client,
+    pub pod: &'a Pod,
+    pub addr: PodAddresses<'a>,
+    pub allocatable: &'a BTreeMap<String, Quantity>,
+}
+
+pub async fn payload(
+    inputs: &ProjectionInputs<'_>,
+    source: &ProjectedVolumeSource,
+    tokens: &mut TokenCache,
+    payload: &mut Payload,
+) -> Result<(), String> {
+    let pod = inputs.pod;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let default_mode = source.default_mode;
+    for s in source.sources.iter().flatten() {
+        if let Some(c) = &s.config_map {
+            config_map::project(
+                inputs.client,
+                &namespace,
+                &c.name,
+                c.items.as_deref(),
+                default_mode,
+                c.optional.unwrap_or(false),
+                payload,
+            )
+            .await?;
+        }
+        if let Some(c) = &s.secret {
+            secret::project(
+                inputs.client,
+                &namespace,
+                &c.name,
+                c.items.as_deref(),
+                default_mode,
+                c.optional.unwrap_or(false),
+                payload,
+            )
+            .await?;
+        }
+        if let Some(d) = &s.downward_api {
+            downward_api::project(
+                pod,
+                d.items.as_deref().unwrap_or_default(),
+                default_mode,
+                inputs.addr,
+                inputs.allocatable,
+                payload,
+            )?;
+        }
+        if let Some(t) = &s.service_account_token {
+            let service_account = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".into());
+            let token = tokens
+                .get(
+                    inputs.client,
+                    pod,
+                    &service_account,
+                    t.audience.as_deref().unwrap_or_default(),
+                    t.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION_SECONDS),
+                )
+                .await?;
+            keys::insert(
+                payload,
+                &t.path,
+                token.as_bytes(),
+                default_mode.unwrap_or(keys::DEFAULT_MODE),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether any downwardAPI projection needs the node's allocatable resources.
+pub fn needs_allocatable(source: &ProjectedVolumeSource) -> bool {
+    source
+        .sources
+        .iter()
+        .flatten()
+        .filter_map(|s| s.downward_api.as_ref())
+        .any(|d| downward_api::needs_allocatable(d.items.as_deref().unwrap_or_default()))
+}
