@@ -265,12 +265,15 @@ pub fn pod_status(inputs: &StatusInputs<'_>) -> Value {
             condition("PodScheduled", true, "", String::new()),
         ],
         "hostIP": inputs.host_ip,
-        "podIP": inputs.pod_ip,
-        "podIPs": [{"ip": inputs.pod_ip}],
         "startTime": inputs.start_time,
         "containerStatuses": statuses,
         "qosClass": "BestEffort",
     });
+    // No address before the sandbox exists (volumes still being set up).
+    if !inputs.pod_ip.is_empty() {
+        status["podIP"] = json!(inputs.pod_ip);
+        status["podIPs"] = json!([{"ip": inputs.pod_ip}]);
+    }
     if !init_statuses.is_empty() {
         status["initContainerStatuses"] = json!(init_statuses);
     }
