@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::control_plane::ControlPlane;
-use crate::fixture::{bin_path, terminate, unique_name};
+use crate::fixture::{bin_path, terminate, try_eventually, unique_name};
 
 /// A node's identity and directories; outlives one kubelet process so restarts can be
 /// tested. Removed on drop.
@@ -125,6 +125,38 @@ impl Kubelet {
             bail!("kubelet exited with {status}:\n{}", self.log_text());
         }
         Ok(())
+    }
+
+    /// Polls `f` until it yields a value; panics with the last error and this
+    /// kubelet's log, or at once if the kubelet exits.
+    pub fn eventually<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        f: impl FnMut() -> Result<Option<T>>,
+    ) -> T {
+        let mut f = f;
+        let result = try_eventually(timeout, || {
+            if let Err(e) = self.check_running() {
+                panic!("{what}: {e:#}");
+            }
+            f()
+        });
+        result.unwrap_or_else(|last| {
+            panic!(
+                "{what} did not happen within {timeout:?}: {last}\nkubelet log:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    /// Waits until `node`'s Ready condition is True.
+    pub fn wait_node_ready(&mut self, cp: &ControlPlane, node: &str, timeout: Duration) {
+        let jsonpath = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+        self.eventually("node Ready", timeout, || {
+            let out = cp.kubectl(&["get", "node", node, "-o", jsonpath])?;
+            Ok((out == "True").then_some(()))
+        });
     }
 
     /// SIGTERM and wait; returns whether it exited within `grace`.

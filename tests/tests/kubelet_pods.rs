@@ -4,30 +4,16 @@
 //! resolution, init containers, and volume teardown when the pod goes away.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use node_tests::control_plane::{ControlPlane, kubectl_stdin};
 use node_tests::fixture::{try_eventually, unique_name};
 use node_tests::kubelet::{Kubelet, KubeletNode};
-use node_tests::reference_node::ReferenceNode;
-use node_tests::registry::Registry;
+use node_tests::reference_node::shared_containerd as containerd;
 use serde_json::{Value, json};
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-/// One containerd for every test in this binary; its script tears it down when the
-/// test process exits.
-fn containerd() -> &'static Path {
-    static SHARED: OnceLock<(Registry, ReferenceNode)> = OnceLock::new();
-    let (_, node) = SHARED.get_or_init(|| {
-        let registry = Registry::start().expect("starting the registry");
-        let node = ReferenceNode::containerd_only(&registry).expect("starting containerd");
-        (registry, node)
-    });
-    Path::new(node.cri_socket())
-}
 
 /// Our kubelet on containerd with its node Ready, plus the guards that clean up
 /// whatever a failed test leaves (dropped in reverse order: namespace, kubelet,
@@ -45,16 +31,7 @@ impl TestNode {
         let node = KubeletNode::new(cp, tag).unwrap();
         let mounts = MountSweep(node.root_dir());
         let mut kubelet = Kubelet::start(&node, containerd(), &[]).unwrap();
-        wait(&mut kubelet, "node Ready", Duration::from_secs(60), || {
-            let out = cp.kubectl(&[
-                "get",
-                "node",
-                &node.name,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-            ])?;
-            Ok((out == "True").then_some(()))
-        });
+        kubelet.wait_node_ready(cp, &node.name, Duration::from_secs(60));
         let ns = Namespace::create(cp, tag);
         TestNode {
             ns,
@@ -79,12 +56,10 @@ impl TestNode {
         });
         let cp = self.cp();
         // The namespace's default ServiceAccount appears shortly after the namespace.
-        wait(
-            &mut self.kubelet,
-            "pod creation",
-            Duration::from_secs(30),
-            || Ok(cp.apply(&pod.to_string()).ok()),
-        );
+        self.kubelet
+            .eventually("pod creation", Duration::from_secs(30), || {
+                Ok(cp.apply(&pod.to_string()).ok())
+            });
         self.pod(name)["metadata"]["uid"]
             .as_str()
             .expect("pod uid")
@@ -102,7 +77,7 @@ impl TestNode {
     /// Waits until `f` accepts the pod.
     fn wait_pod(&mut self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
         let (cp, ns) = (self.cp(), self.ns.name.clone());
-        wait(&mut self.kubelet, what, Duration::from_secs(90), || {
+        self.kubelet.eventually(what, Duration::from_secs(90), || {
             let out = cp.kubectl(&["get", "pod", "-n", &ns, name, "-o", "json"])?;
             let pod: Value = serde_json::from_str(&out)?;
             Ok(f(&pod).then_some(pod))
@@ -138,38 +113,12 @@ impl TestNode {
             ])
             .unwrap();
         let (cp, ns) = (self.cp(), self.ns.name.clone());
-        wait(
-            &mut self.kubelet,
-            "pod deleted",
-            Duration::from_secs(60),
-            || {
+        self.kubelet
+            .eventually("pod deleted", Duration::from_secs(60), || {
                 let out = cp.kubectl(&["get", "pods", "-n", &ns, "-o", "name"])?;
                 Ok((!out.contains(&format!("pod/{name}"))).then_some(()))
-            },
-        );
+            });
     }
-}
-
-/// Polls `f`; panics with the last error and the kubelet's log, or at once if the
-/// kubelet exits.
-fn wait<T>(
-    kubelet: &mut Kubelet,
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> T {
-    let result = try_eventually(timeout, || {
-        if let Err(e) = kubelet.check_running() {
-            panic!("{what}: {e:#}");
-        }
-        f()
-    });
-    result.unwrap_or_else(|last| {
-        panic!(
-            "{what} did not happen within {timeout:?}: {last}\nkubelet log:\n{}",
-            kubelet.log_text()
-        )
-    })
 }
 
 /// A namespace of its own per test; deleting it (with our kubelet still running)
@@ -449,12 +398,10 @@ fn volumes_env_and_service_account_token_reach_the_container() {
     // Deleting the pod removes its volumes and mounts.
     t.delete_pod("vol");
     let pod_dir = t.node.root_dir().join("pods").join(&uid);
-    wait(
-        &mut t.kubelet,
-        "volumes removed",
-        Duration::from_secs(30),
-        || Ok((!pod_dir.exists() && mounts_under(&pod_dir).is_empty()).then_some(())),
-    );
+    t.kubelet
+        .eventually("volumes removed", Duration::from_secs(30), || {
+            Ok((!pod_dir.exists() && mounts_under(&pod_dir).is_empty()).then_some(()))
+        });
 }
 
 #[test]
@@ -589,11 +536,9 @@ fn a_missing_config_map_blocks_the_pod_with_failed_mount() {
         }),
     );
     let (cp, ns) = (t.cp(), t.ns.name.clone());
-    let event = wait(
-        &mut t.kubelet,
-        "FailedMount event",
-        Duration::from_secs(60),
-        || {
+    let event = t
+        .kubelet
+        .eventually("FailedMount event", Duration::from_secs(60), || {
             let out = cp.kubectl(&[
                 "get",
                 "events",
@@ -606,8 +551,7 @@ fn a_missing_config_map_blocks_the_pod_with_failed_mount() {
             ])?;
             let v: Value = serde_json::from_str(&out).context("events JSON")?;
             Ok(v["items"].as_array().and_then(|i| i.first()).cloned())
-        },
-    );
+        });
     assert_eq!(
         event["message"],
         "MountVolume.SetUp failed for volume \"cfg\" : configmap \"does-not-exist\" not found",
