@@ -572,3 +572,40 @@ fn a_missing_config_map_blocks_the_pod_with_failed_mount() {
     );
     t.delete_pod("nomount");
 }
+
+#[test]
+fn a_failed_init_container_is_restarted_after_back_off() {
+    let mut t = TestNode::start("kp-initretry");
+    // Fails on its first run only (the marker survives in the pod's emptyDir).
+    let flaky = "if [ -f /w/ran ]; then exit 0; fi; touch /w/ran; exit 1";
+    t.create_pod(
+        "retry",
+        json!({
+            "restartPolicy": "OnFailure",
+            "volumes": [{"name": "w", "emptyDir": {}}],
+            "initContainers": [{"name": "flaky", "image": BUSYBOX, "command": ["sh", "-c", flaky],
+                "volumeMounts": [{"name": "w", "mountPath": "/w"}]}],
+            "containers": [{"name": "app", "image": BUSYBOX, "command": ["sleep", "3600"]}],
+        }),
+    );
+    let pod = t.wait_pod("retry", "init back-off", |p| {
+        p["status"]["initContainerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let status = &pod["status"];
+    let flaky = &status["initContainerStatuses"][0];
+    assert_eq!(status["phase"], "Pending", "{status}");
+    assert_eq!(flaky["lastState"]["terminated"]["exitCode"], 1, "{status}");
+    assert_eq!(
+        status["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing",
+        "{status}"
+    );
+
+    let pod = t.wait_pod("retry", "app running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let flaky = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(flaky["restartCount"], 1, "{flaky}");
+    assert_eq!(flaky["state"]["terminated"]["exitCode"], 0, "{flaky}");
+    assert_eq!(condition(&pod, "Initialized")["status"], "True", "{pod}");
+    t.delete_pod("retry");
+}
