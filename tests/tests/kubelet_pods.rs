@@ -230,6 +230,7 @@ fn volumes_env_and_service_account_token_reach_the_container() {
         grep -q ' /scratch tmpfs ' /proc/mounts && echo scratch-tmpfs
         grep -q ' /etc/sec tmpfs ' /proc/mounts && echo secret-tmpfs
         touch /etc/cfg/x 2>/dev/null || echo cfg-readonly
+        echo \"groups=$(id -G)\"
         echo \"ns=$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)\"
         grep -q 'BEGIN CERTIFICATE' /var/run/secrets/kubernetes.io/serviceaccount/ca.crt && echo ca-ok
         echo \"token=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\"
@@ -238,6 +239,8 @@ fn volumes_env_and_service_account_token_reach_the_container() {
         "vol",
         json!({
             "restartPolicy": "Never",
+            // Non-root, reading a 0400 secret and the token through the fsGroup.
+            "securityContext": {"fsGroup": 2000},
             "volumes": [
                 {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
                 {"name": "cfg", "configMap": {"name": "cfg", "items": [{"key": "greeting", "path": "g.txt"}]}},
@@ -250,6 +253,7 @@ fn volumes_env_and_service_account_token_reach_the_container() {
             "containers": [{
                 "name": "main", "image": BUSYBOX,
                 "command": ["sh", "-c", script],
+                "securityContext": {"runAsUser": 1000},
                 "resources": {"limits": {"memory": "64Mi"}},
                 "volumeMounts": [
                     {"name": "scratch", "mountPath": "/scratch"},
@@ -301,6 +305,11 @@ fn volumes_env_and_service_account_token_reach_the_container() {
             "missing {want:?} in:\n{log}"
         );
     }
+    let groups = log.lines().find_map(|l| l.strip_prefix("groups="));
+    assert!(
+        groups.is_some_and(|g| g.split(' ').any(|id| id == "2000")),
+        "the fsGroup is a supplemental group: {groups:?}"
+    );
     // Env.
     let env = |name: &str| {
         log.lines()

@@ -237,7 +237,14 @@ pub fn container_config(
                 run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
                 readonly_rootfs: sec.read_only_root_filesystem.unwrap_or(false),
                 no_new_privs: sec.allow_privilege_escalation == Some(false),
-                supplemental_groups: pod_sec.supplemental_groups.clone().unwrap_or_default(),
+                // The fsGroup owns the pod's volumes: containers join it, as upstream.
+                supplemental_groups: pod_sec
+                    .supplemental_groups
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .chain(pod_sec.fs_group)
+                    .collect(),
                 capabilities: sec.capabilities.map(|caps| cri::Capability {
                     add_capabilities: caps.add.unwrap_or_default(),
                     drop_capabilities: caps.drop.unwrap_or_default(),

@@ -19,8 +19,10 @@ pub enum Medium {
 }
 
 /// Creates `dir` (mode 0777 like upstream's emptyDir) and, for memory, mounts a
-/// tmpfs on it unless one is already there (a kubelet restart).
+/// tmpfs on it unless one is already there (a kubelet restart). An existing volume
+/// keeps its mode (an fsGroup may have added setgid).
 pub fn set_up(dir: &Path, medium: Medium) -> io::Result<()> {
+    let mut fresh = fs::symlink_metadata(dir).is_err();
     fs::create_dir_all(dir)?;
     if let Medium::Memory { size_bytes } = medium
         && !is_mount_point(dir)?
@@ -34,8 +36,12 @@ pub fn set_up(dir: &Path, medium: Medium) -> io::Result<()> {
             options.as_deref(),
         )
         .map_err(io::Error::from)?;
+        fresh = true;
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o777))
+    if fresh {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777))?;
+    }
+    Ok(())
 }
 
 /// Unmounts (if mounted) and removes `dir`.

@@ -11,6 +11,7 @@ pub mod empty_dir;
 pub mod host_path;
 mod keys;
 mod mounts;
+mod ownership;
 mod projected;
 mod secret;
 pub mod token;
@@ -172,6 +173,7 @@ impl PodVolumes {
     pub async fn sync(&mut self, pod: &Pod, addr: PodAddresses<'_>) -> Result<(), MountError> {
         let spec = pod.spec.clone().unwrap_or_default();
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
         let volumes = spec.volumes.unwrap_or_default();
         let mut allocatable: Option<BTreeMap<String, Quantity>> = None;
         for v in &volumes {
@@ -203,7 +205,13 @@ impl PodVolumes {
             let mut payload = Payload::new();
             let medium = match &kind {
                 Kind::EmptyDir(medium) => {
+                    let fresh = !host_path.exists();
                     empty_dir::set_up(&host_path, *medium).map_err(io_fail)?;
+                    // The group owns the new (writable) root; files containers create
+                    // inherit it through setgid. Contents are never re-owned later.
+                    if let (Some(gid), true) = (fs_group, fresh) {
+                        ownership::apply(&host_path, gid, false).map_err(io_fail)?;
+                    }
                     None
                 }
                 Kind::HostPath { path, kind } => {
@@ -248,6 +256,7 @@ impl PodVolumes {
                         pod,
                         addr,
                         allocatable: allocatable.as_ref().unwrap_or(&empty),
+                        fs_group,
                     };
                     projected::payload(&inputs, p, &mut self.tokens, &mut payload)
                         .await
@@ -256,10 +265,18 @@ impl PodVolumes {
                 }
             };
             if let Some(medium) = medium {
+                if fs_group.is_some() {
+                    for file in payload.values_mut() {
+                        file.mode = ownership::read_only_file_mode(file.mode);
+                    }
+                }
                 // The payload is complete before anything is written: a failed read
                 // never leaves a half-updated volume.
                 empty_dir::set_up(&host_path, medium).map_err(io_fail)?;
-                atomic_writer::write(&host_path, &payload).map_err(io_fail)?;
+                let changed = atomic_writer::write(&host_path, &payload).map_err(io_fail)?;
+                if let (Some(gid), true) = (fs_group, changed) {
+                    ownership::apply(&host_path, gid, true).map_err(io_fail)?;
+                }
             }
             self.ready.insert(
                 v.name.clone(),

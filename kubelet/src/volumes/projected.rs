@@ -18,6 +18,9 @@ pub struct ProjectionInputs<'a> {
     pub pod: &'a Pod,
     pub addr: PodAddresses<'a>,
     pub allocatable: &'a BTreeMap<String, Quantity>,
+    /// With an fsGroup the token is 0600 before the group gets read access (0640),
+    /// as upstream.
+    pub fs_group: Option<i64>,
 }
 
 pub async fn payload(
@@ -80,12 +83,12 @@ pub async fn payload(
                     t.expiration_seconds.unwrap_or(DEFAULT_EXPIRATION_SECONDS),
                 )
                 .await?;
-            keys::insert(
-                payload,
-                &t.path,
-                token.as_bytes(),
-                default_mode.unwrap_or(keys::DEFAULT_MODE),
-            )?;
+            let mode = if inputs.fs_group.is_some() {
+                0o600
+            } else {
+                default_mode.unwrap_or(keys::DEFAULT_MODE)
+            };
+            keys::insert(payload, &t.path, token.as_bytes(), mode)?;
         }
     }
     Ok(())
