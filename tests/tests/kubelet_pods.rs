@@ -455,6 +455,12 @@ fn init_containers_run_in_order_before_the_app() {
     let init = condition(&pod, "Initialized");
     assert_eq!(init["status"], "False", "{init}");
     assert_eq!(init["reason"], "ContainersNotInitialized", "{init}");
+    // What kubectl shows (the apiserver's table printer reads our statuses).
+    let shown = t
+        .cp()
+        .kubectl(&["get", "pod", "-n", &t.ns.name, "init", "--no-headers"])
+        .unwrap();
+    assert!(shown.contains("Init:1/2"), "{shown}");
     assert_eq!(
         init["message"], "containers with incomplete status: [second]",
         "{init}"
@@ -522,6 +528,11 @@ fn failing_init_container_with_restart_never_fails_the_pod() {
         init["message"], "containers with incomplete status: [boom never]",
         "{init}"
     );
+    let shown = t
+        .cp()
+        .kubectl(&["get", "pod", "-n", &t.ns.name, "initfail", "--no-headers"])
+        .unwrap();
+    assert!(shown.contains("Init:Error"), "{shown}");
     // Nothing is retried: the status stays put.
     std::thread::sleep(Duration::from_secs(3));
     let again = t.pod("initfail");

@@ -173,7 +173,18 @@ impl Worker {
             match self.sync_init_containers(&pod, &sandbox, &view).await {
                 InitStep::Wait => {}
                 InitStep::Complete => self.phase = Phase::Running(sandbox.clone()),
-                InitStep::Failed => self.phase = Phase::InitFailed(sandbox.clone()),
+                InitStep::Failed => {
+                    // Upstream kills a Failed pod: the sandbox (and its IP) goes; the
+                    // exited containers stay listed for status.
+                    self.ctx
+                        .cri
+                        .runtime_client()
+                        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                            pod_sandbox_id: sandbox.id.clone(),
+                        })
+                        .await?;
+                    self.phase = Phase::InitFailed(sandbox.clone());
+                }
             }
         }
         if let Phase::Running(_) = self.phase
