@@ -629,3 +629,45 @@ fn a_failed_init_container_is_restarted_after_back_off() {
     assert_eq!(condition(&pod, "Initialized")["status"], "True", "{pod}");
     t.delete_pod("retry");
 }
+
+#[test]
+fn config_map_updates_reach_a_running_container() {
+    let mut t = TestNode::start("kp-update");
+    let cp = t.cp();
+    let ns = t.ns.name.clone();
+    let config_map = |value: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "live", "namespace": ns},
+            "data": {"k": value}})
+        .to_string()
+    };
+    cp.apply(&config_map("v1")).unwrap();
+    t.create_pod(
+        "live",
+        json!({
+            "volumes": [{"name": "live", "configMap": {"name": "live"}}],
+            "containers": [{"name": "app", "image": BUSYBOX,
+                "command": ["sh", "-c", "while true; do echo \"k=$(cat /cfg/k)\"; sleep 1; done"],
+                "volumeMounts": [{"name": "live", "mountPath": "/cfg"}]}],
+        }),
+    );
+    let pod = t.wait_pod("live", "pod running", |p| p["status"]["phase"] == "Running");
+    let saw = |t: &TestNode, want: &str| t.log(&pod, "app").lines().any(|l| l == want);
+    try_eventually(
+        Duration::from_secs(20),
+        || Ok(saw(&t, "k=v1").then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("first value: {e}"));
+    cp.apply(&config_map("v2")).unwrap();
+    // Re-read every minute (upstream's sync period), swapped atomically.
+    try_eventually(Duration::from_secs(100), || {
+        t.kubelet.check_running()?;
+        Ok(saw(&t, "k=v2").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("updated value: {e}\n{}", t.kubelet.log_text()));
+    assert!(
+        !t.log(&pod, "app").lines().any(|l| l == "k="),
+        "a reader never sees the file missing"
+    );
+    t.delete_pod("live");
+}
