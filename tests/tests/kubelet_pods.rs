@@ -671,3 +671,71 @@ fn config_map_updates_reach_a_running_container() {
     );
     t.delete_pod("live");
 }
+
+#[test]
+fn restarted_kubelet_keeps_volumes_and_removes_pods_deleted_meanwhile() {
+    let mut t = TestNode::start("kp-restart");
+    let cp = t.cp();
+    let ns = t.ns.name.clone();
+    cp.apply(
+        &json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "sec", "namespace": ns}, "stringData": {"k": "v"}})
+        .to_string(),
+    )
+    .unwrap();
+    let sleeper = |volume: Value| {
+        json!({
+            "volumes": [volume],
+            "containers": [{"name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
+                "volumeMounts": [{"name": "v", "mountPath": "/v"}]}],
+        })
+    };
+    let kept = t.create_pod(
+        "kept",
+        sleeper(json!({"name": "v", "secret": {"secretName": "sec"}})),
+    );
+    let gone = t.create_pod(
+        "gone",
+        sleeper(json!({"name": "v", "emptyDir": {"medium": "Memory"}})),
+    );
+    let running = |p: &Value| p["status"]["phase"] == "Running";
+    let before = t.wait_pod("kept", "kept running", running);
+    t.wait_pod("gone", "gone running", running);
+    let pods = t.node.root_dir().join("pods");
+    let kept_mounts = mounts_under(&pods.join(&kept));
+    assert!(!kept_mounts.is_empty(), "secret volumes are tmpfs");
+    assert!(!mounts_under(&pods.join(&gone)).is_empty());
+
+    // kill -9, delete a pod while no kubelet runs, start again.
+    let pid = t.kubelet.pid().expect("kubelet running") as libc::pid_t;
+    // SAFETY: plain kill(2) of the child this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    cp.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        &ns,
+        "gone",
+        "--grace-period=0",
+        "--force",
+    ])
+    .unwrap();
+    t.kubelet = Kubelet::start(&t.node, containerd(), &[]).unwrap();
+
+    let gone_dir = pods.join(&gone);
+    t.kubelet.eventually(
+        "volumes of the pod deleted meanwhile removed",
+        Duration::from_secs(60),
+        || Ok((!gone_dir.exists() && mounts_under(&gone_dir).is_empty()).then_some(())),
+    );
+    let after = t.wait_pod("kept", "kept running", running);
+    let id = |p: &Value| p["status"]["containerStatuses"][0]["containerID"].clone();
+    assert_eq!(id(&after), id(&before), "container kept across the restart");
+    assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(
+        mounts_under(&pods.join(&kept)),
+        kept_mounts,
+        "volumes adopted, not mounted again"
+    );
+    t.delete_pod("kept");
+}

@@ -87,6 +87,17 @@ pub async fn run(ctx: PodContext, node_name: &str) {
                         let _ = tx.send(None);
                     }
                 }
+                // Pods deleted while this kubelet was down left their directories: a
+                // worker without a pod removes what the runtime and the node hold.
+                for uid in crate::volumes::pod_uids(&ctx.root_dir) {
+                    if !seen_in_relist.contains(&uid) && !workers.contains_key(&uid) {
+                        let (tx, rx) = watch::channel(None);
+                        let mut ctx = ctx.clone();
+                        ctx.uid = uid.clone();
+                        tokio::spawn(worker::Worker::new(ctx, rx).run());
+                        workers.insert(uid, tx);
+                    }
+                }
             }
         }
     }

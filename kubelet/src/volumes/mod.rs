@@ -291,6 +291,18 @@ impl PodVolumes {
     }
 }
 
+/// The UIDs of the pods that have a directory under `<root-dir>/pods`.
+pub fn pod_uids(root_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(root_dir.join("pods"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Unmounts and removes every volume of the pod, then the pod's directory. Volumes
 /// that cannot be unmounted are left (and reported) rather than deleted through.
 pub fn tear_down(root_dir: &Path, uid: &str) -> io::Result<()> {
