@@ -739,3 +739,70 @@ fn restarted_kubelet_keeps_volumes_and_removes_pods_deleted_meanwhile() {
     );
     t.delete_pod("kept");
 }
+
+#[test]
+fn missing_env_keys_and_escaping_sub_paths_are_container_config_errors() {
+    let mut t = TestNode::start("kp-cfgerr");
+    let cp = t.cp();
+    let ns = t.ns.name.clone();
+    cp.apply(
+        &json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cfg", "namespace": ns}, "data": {"present": "x"}})
+        .to_string(),
+    )
+    .unwrap();
+    // A hostPath whose subPath is a symlink pointing out of the volume.
+    let host = t.node.base.join("hostpath");
+    std::fs::create_dir_all(&host).unwrap();
+    std::os::unix::fs::symlink("/etc", host.join("escape")).unwrap();
+    t.create_pod(
+        "cfgerr",
+        json!({
+            "volumes": [{"name": "h", "hostPath": {"path": host, "type": "Directory"}}],
+            "containers": [
+                {"name": "env", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "absent"}}}]},
+                {"name": "escape", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "volumeMounts": [{"name": "h", "mountPath": "/h", "subPath": "escape"}]},
+                {"name": "fine", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "volumeMounts": [{"name": "h", "mountPath": "/h"}]},
+            ],
+        }),
+    );
+    let pod = t.wait_pod("cfgerr", "config errors reported", |p| {
+        let s = &p["status"]["containerStatuses"];
+        s[0]["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+            && s[1]["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+            && s[2]["state"].get("running").is_some()
+    });
+    let s = &pod["status"]["containerStatuses"];
+    assert_eq!(
+        s[0]["state"]["waiting"]["message"],
+        format!("couldn't find key absent in ConfigMap {ns}/cfg"),
+        "{s}"
+    );
+    let message = s[1]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("not within volume path"), "{s}");
+    let events = cp
+        .kubectl(&[
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "reason=Failed",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+        .unwrap();
+    assert!(
+        events.contains(&format!(
+            "Error: couldn't find key absent in ConfigMap {ns}/cfg"
+        )),
+        "{events}"
+    );
+    assert_eq!(pod["status"]["phase"], "Pending", "{pod}");
+    t.delete_pod("cfgerr");
+}

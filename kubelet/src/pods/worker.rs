@@ -384,24 +384,20 @@ impl Worker {
         last: Option<&cri::ContainerStatus>,
     ) -> bool {
         if next > 0 && !self.backoff_elapsed(&c.name, last) {
-            self.waiting.insert(
-                c.name.clone(),
-                (
-                    "CrashLoopBackOff".into(),
-                    format!(
-                        "back-off {}s restarting failed container={} pod={}_{}({})",
-                        self.backoff
-                            .delay
-                            .get(&c.name)
-                            .map(Duration::as_secs)
-                            .unwrap_or(10),
-                        c.name,
-                        pod.metadata.name.as_deref().unwrap_or_default(),
-                        pod.metadata.namespace.as_deref().unwrap_or_default(),
-                        pod.metadata.uid.as_deref().unwrap_or_default()
-                    ),
-                ),
+            let message = format!(
+                "back-off {}s restarting failed container={} pod={}_{}({})",
+                self.backoff
+                    .delay
+                    .get(&c.name)
+                    .map(Duration::as_secs)
+                    .unwrap_or(10),
+                c.name,
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.uid.as_deref().unwrap_or_default()
             );
+            self.set_waiting(pod, &c.name, "CrashLoopBackOff", message)
+                .await;
             return false;
         }
         match self.start_container(pod, c, next, sandbox).await {
@@ -410,10 +406,28 @@ impl Worker {
                 true
             }
             Err((reason, message)) => {
-                self.waiting.insert(c.name.clone(), (reason, message));
+                self.set_waiting(pod, &c.name, &reason, message).await;
                 false
             }
         }
+    }
+
+    /// Records why `name` waits; a new reason or message is also an event, as
+    /// upstream's `BackOff` and `Failed` events.
+    async fn set_waiting(&mut self, pod: &Pod, name: &str, reason: &str, message: String) {
+        let entry = (reason.to_string(), message);
+        if self.waiting.get(name) == Some(&entry) {
+            return;
+        }
+        let (event_reason, event_message) = match reason {
+            "CrashLoopBackOff" => (
+                "BackOff",
+                "Back-off restarting failed container".to_string(),
+            ),
+            _ => ("Failed", format!("Error: {}", entry.1)),
+        };
+        events::warn(&self.ctx.client, pod, event_reason, &event_message).await;
+        self.waiting.insert(name.to_string(), entry);
     }
 
     /// Restart backoff after a container exited: 10 s doubling to 5 min, reset when the
