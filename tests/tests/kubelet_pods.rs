@@ -66,6 +66,18 @@ impl TestNode {
             .to_string()
     }
 
+    /// Applies a v1 object of `kind` named `name` in the test's namespace; `body`
+    /// holds its other top-level fields (data, spec, ...).
+    fn put(&self, kind: &str, name: &str, body: Value) {
+        let mut object = body;
+        object["apiVersion"] = json!("v1");
+        object["kind"] = json!(kind);
+        object["metadata"] = json!({"name": name, "namespace": self.ns.name});
+        self.cp()
+            .apply(&object.to_string())
+            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e:#}"));
+    }
+
     fn pod(&self, name: &str) -> Value {
         let out = self
             .cp()
@@ -198,27 +210,21 @@ fn volumes_env_and_service_account_token_reach_the_container() {
     let mut t = TestNode::start("kp-vol");
     let cp = t.cp();
     let ns = t.ns.name.clone();
-    cp.apply(
-        &json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "cfg", "namespace": ns},
-            "data": {"greeting": "hello", "color": "blue", "9lives": "skipped"}})
-        .to_string(),
-    )
-    .unwrap();
-    cp.apply(
-        &json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "sec", "namespace": ns},
-            "stringData": {"password": "s3cret"}})
-        .to_string(),
-    )
-    .unwrap();
-    cp.apply(
-        &json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "my-web", "namespace": ns},
-            "spec": {"ports": [{"name": "http", "port": 8080}], "selector": {"app": "none"}}})
-        .to_string(),
-    )
-    .unwrap();
+    t.put(
+        "ConfigMap",
+        "cfg",
+        json!({"data": {"greeting": "hello", "color": "blue", "9lives": "skipped"}}),
+    );
+    t.put(
+        "Secret",
+        "sec",
+        json!({"stringData": {"password": "s3cret"}}),
+    );
+    t.put(
+        "Service",
+        "my-web",
+        json!({"spec": {"ports": [{"name": "http", "port": 8080}], "selector": {"app": "none"}}}),
+    );
 
     let script = "set -e
         echo \"cm=$(cat /etc/cfg/g.txt)\"
@@ -633,15 +639,7 @@ fn a_failed_init_container_is_restarted_after_back_off() {
 #[test]
 fn config_map_updates_reach_a_running_container() {
     let mut t = TestNode::start("kp-update");
-    let cp = t.cp();
-    let ns = t.ns.name.clone();
-    let config_map = |value: &str| {
-        json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "live", "namespace": ns},
-            "data": {"k": value}})
-        .to_string()
-    };
-    cp.apply(&config_map("v1")).unwrap();
+    t.put("ConfigMap", "live", json!({"data": {"k": "v1"}}));
     t.create_pod(
         "live",
         json!({
@@ -658,7 +656,7 @@ fn config_map_updates_reach_a_running_container() {
         || Ok(saw(&t, "k=v1").then_some(())),
     )
     .unwrap_or_else(|e| panic!("first value: {e}"));
-    cp.apply(&config_map("v2")).unwrap();
+    t.put("ConfigMap", "live", json!({"data": {"k": "v2"}}));
     // Re-read every minute (upstream's sync period), swapped atomically.
     try_eventually(Duration::from_secs(100), || {
         t.kubelet.check_running()?;
@@ -677,12 +675,7 @@ fn restarted_kubelet_keeps_volumes_and_removes_pods_deleted_meanwhile() {
     let mut t = TestNode::start("kp-restart");
     let cp = t.cp();
     let ns = t.ns.name.clone();
-    cp.apply(
-        &json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "sec", "namespace": ns}, "stringData": {"k": "v"}})
-        .to_string(),
-    )
-    .unwrap();
+    t.put("Secret", "sec", json!({"stringData": {"k": "v"}}));
     let sleeper = |volume: Value| {
         json!({
             "volumes": [volume],
@@ -745,12 +738,7 @@ fn missing_env_keys_and_escaping_sub_paths_are_container_config_errors() {
     let mut t = TestNode::start("kp-cfgerr");
     let cp = t.cp();
     let ns = t.ns.name.clone();
-    cp.apply(
-        &json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "cfg", "namespace": ns}, "data": {"present": "x"}})
-        .to_string(),
-    )
-    .unwrap();
+    t.put("ConfigMap", "cfg", json!({"data": {"present": "x"}}));
     // A hostPath whose subPath is a symlink pointing out of the volume.
     let host = t.node.base.join("hostpath");
     std::fs::create_dir_all(&host).unwrap();
