@@ -51,7 +51,9 @@ enum Phase {
 
 /// What the init containers ask for next.
 enum InitStep {
-    /// One is being started or still runs.
+    /// One was just started.
+    Started,
+    /// One still runs, is backing off, or could not be started.
     Wait,
     /// All exited 0.
     Complete,
@@ -172,6 +174,7 @@ impl Worker {
         if let Phase::Initializing(_) = self.phase {
             match self.sync_init_containers(&pod, &sandbox, &view).await {
                 InitStep::Wait => {}
+                InitStep::Started => view = self.runtime_view(&sandbox.id).await?,
                 InitStep::Complete => self.phase = Phase::Running(sandbox.clone()),
                 InitStep::Failed => {
                     // Upstream kills a Failed pod: the sandbox (and its IP) goes; the
@@ -335,8 +338,11 @@ impl Worker {
                 Some((_, attempt)) => attempt + 1,
             };
             let status = view.get(&c.name).map(|(s, _)| s);
-            self.start_or_back_off(pod, c, next, sandbox, status).await;
-            return InitStep::Wait;
+            return if self.start_or_back_off(pod, c, next, sandbox, status).await {
+                InitStep::Started
+            } else {
+                InitStep::Wait
+            };
         }
         InitStep::Complete
     }
