@@ -30,10 +30,39 @@ struct Sandbox {
     pod_ip: String,
 }
 
+/// When volume set-up may be tried again: upstream's back-off for failed volume
+/// operations, 0.5 s doubling to 2 min 2 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct MountRetry {
+    not_before: Option<Instant>,
+    delay: Duration,
+}
+
+const MOUNT_BACKOFF_START: Duration = Duration::from_millis(500);
+const MOUNT_BACKOFF_MAX: Duration = Duration::from_secs(122);
+
+impl MountRetry {
+    fn due(&self) -> bool {
+        self.not_before.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn after_failure(self) -> Self {
+        let delay = if self.delay.is_zero() {
+            MOUNT_BACKOFF_START
+        } else {
+            (self.delay * 2).min(MOUNT_BACKOFF_MAX)
+        };
+        MountRetry {
+            not_before: Some(Instant::now() + delay),
+            delay,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    /// Volumes are not all set up yet: retried every tick, reported as FailedMount.
-    MountingVolumes,
+    /// Volumes are not all set up yet: retried with back-off, reported as FailedMount.
+    MountingVolumes(MountRetry),
     /// No sandbox: the next step creates one (or adopts the running one).
     NeedsSandbox,
     /// Init containers run one after the other, each to a zero exit.
@@ -87,7 +116,7 @@ impl Worker {
         Worker {
             ctx,
             rx,
-            phase: Phase::MountingVolumes,
+            phase: Phase::MountingVolumes(MountRetry::default()),
             backoff: Backoff::default(),
             volumes,
             mount_error: None,
@@ -152,10 +181,14 @@ impl Worker {
             self.phase = Phase::Done;
             return Ok(());
         }
-        if self.phase == Phase::MountingVolumes {
+        if let Phase::MountingVolumes(retry) = self.phase {
             // Volumes come before the sandbox, as upstream: a pod whose volumes
             // cannot be set up never starts anything.
+            if !retry.due() {
+                return Ok(());
+            }
             if !self.sync_volumes(&pod, "").await {
+                self.phase = Phase::MountingVolumes(retry.after_failure());
                 return self.report(&pod, "", &HashMap::new()).await;
             }
             self.phase = Phase::NeedsSandbox;
@@ -626,5 +659,22 @@ impl Worker {
         .await?;
         self.last_status = Some(status);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_retries_back_off_like_upstream() {
+        let fresh = MountRetry::default();
+        assert!(fresh.due());
+        let once = fresh.after_failure();
+        assert_eq!(once.delay, MOUNT_BACKOFF_START);
+        assert!(!once.due());
+        assert_eq!(once.after_failure().delay, Duration::from_secs(1));
+        let capped = (0..20).fold(once, |r, _| r.after_failure());
+        assert_eq!(capped.delay, MOUNT_BACKOFF_MAX);
     }
 }
