@@ -67,11 +67,7 @@ pub async fn run(ctx: PodContext, node_name: &str) {
                         let _ = tx.send(Some(pod));
                     }
                     None => {
-                        let (tx, rx) = watch::channel(Some(pod));
-                        let mut ctx = ctx.clone();
-                        ctx.uid = uid.clone();
-                        tokio::spawn(worker::Worker::new(ctx, rx).run());
-                        workers.insert(uid, tx);
+                        workers.insert(uid.clone(), spawn_worker(&ctx, uid, Some(pod)));
                     }
                 }
             }
@@ -91,14 +87,19 @@ pub async fn run(ctx: PodContext, node_name: &str) {
                 // worker without a pod removes what the runtime and the node hold.
                 for uid in crate::volumes::pod_uids(&ctx.root_dir) {
                     if !seen_in_relist.contains(&uid) && !workers.contains_key(&uid) {
-                        let (tx, rx) = watch::channel(None);
-                        let mut ctx = ctx.clone();
-                        ctx.uid = uid.clone();
-                        tokio::spawn(worker::Worker::new(ctx, rx).run());
-                        workers.insert(uid, tx);
+                        workers.insert(uid.clone(), spawn_worker(&ctx, uid, None));
                     }
                 }
             }
         }
     }
+}
+
+/// Starts the worker of pod `uid` with its first view of the pod (`None`: gone).
+fn spawn_worker(ctx: &PodContext, uid: String, pod: Option<Pod>) -> watch::Sender<Option<Pod>> {
+    let (tx, rx) = watch::channel(pod);
+    let mut ctx = ctx.clone();
+    ctx.uid = uid;
+    tokio::spawn(worker::Worker::new(ctx, rx).run());
+    tx
 }
