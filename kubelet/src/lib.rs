@@ -7,3 +7,4 @@ pub mod node;
 pub mod pods;
 pub mod quantity;
 pub mod server;
+pub mod volumes;

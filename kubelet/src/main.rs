@@ -131,6 +131,7 @@ async fn run(flags: Flags) -> Result<()> {
             cluster_dns: settings.cluster_dns.clone(),
             cluster_domain: settings.cluster_domain.clone(),
             runtime_name,
+            root_dir: settings.root_dir.clone(),
             uid: String::new(),
             view: pods,
         };

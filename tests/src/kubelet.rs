@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::control_plane::ControlPlane;
-use crate::fixture::{bin_path, terminate, unique_name};
+use crate::fixture::{bin_path, terminate, try_eventually, unique_name};
 
 /// A node's identity and directories; outlives one kubelet process so restarts can be
 /// tested. Removed on drop.
@@ -127,6 +127,38 @@ impl Kubelet {
         Ok(())
     }
 
+    /// Polls `f` until it yields a value; panics with the last error and this
+    /// kubelet's log, or at once if the kubelet exits.
+    pub fn eventually<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        f: impl FnMut() -> Result<Option<T>>,
+    ) -> T {
+        let mut f = f;
+        let result = try_eventually(timeout, || {
+            if let Err(e) = self.check_running() {
+                panic!("{what}: {e:#}");
+            }
+            f()
+        });
+        result.unwrap_or_else(|last| {
+            panic!(
+                "{what} did not happen within {timeout:?}: {last}\nkubelet log:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    /// Waits until `node`'s Ready condition is True.
+    pub fn wait_node_ready(&mut self, cp: &ControlPlane, node: &str, timeout: Duration) {
+        let jsonpath = "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+        self.eventually("node Ready", timeout, || {
+            let out = cp.kubectl(&["get", "node", node, "-o", jsonpath])?;
+            Ok((out == "True").then_some(()))
+        });
+    }
+
     /// SIGTERM and wait; returns whether it exited within `grace`.
     pub fn stop(&mut self, grace: Duration) -> bool {
         self.child
@@ -172,44 +204,5 @@ pub fn kubelet_get(port: u16, path: &str, auth: KubeletAuth) -> Result<(u16, Str
     Ok((status.trim().parse()?, body.to_string()))
 }
 
-impl Kubelet {
-    /// Polls `f` until it yields a value; panics with the last error and the kubelet's
-    /// log on timeout, or at once if the kubelet exits.
-    pub fn eventually<T>(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut f: impl FnMut() -> Result<Option<T>>,
-    ) -> T {
-        let result = crate::fixture::try_eventually(timeout, || {
-            if let Err(e) = self.check_running() {
-                panic!("{what}: {e:#}");
-            }
-            f()
-        });
-        result.unwrap_or_else(|last| {
-            panic!(
-                "{what} did not happen within {timeout:?}: {last}\nkubelet log:\n{}",
-                self.log_text()
-            )
-        })
-    }
-}
-
-/// One containerd (with a registry as its mirror) for every test of a test binary, the
-/// known-good CRI runtime for our kubelet; its script tears it down when the test
-/// process exits. Returns its CRI socket.
-pub fn shared_containerd() -> &'static Path {
-    use std::sync::OnceLock;
-    static SHARED: OnceLock<(
-        crate::registry::Registry,
-        crate::reference_node::ReferenceNode,
-    )> = OnceLock::new();
-    let (_, node) = SHARED.get_or_init(|| {
-        let registry = crate::registry::Registry::start().expect("starting the registry");
-        let node = crate::reference_node::ReferenceNode::containerd_only(&registry)
-            .expect("starting containerd");
-        (registry, node)
-    });
-    Path::new(node.cri_socket())
-}
+/// The shared containerd lives with the reference node's fixtures.
+pub use crate::reference_node::shared_containerd;

@@ -2,6 +2,8 @@
 //! from `hack/reference-node.sh`: what benchmarks compare our node against, and a
 //! known-good node for tests of the control plane side.
 
+use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -62,4 +64,16 @@ impl ReferenceNode {
     pub fn get(&self, key: &str) -> Result<&str> {
         self.fixture.get(key)
     }
+}
+
+/// One containerd (with its registry) shared by every test of a test binary; its
+/// script tears it down when the test process exits. Returns the CRI socket path.
+pub fn shared_containerd() -> &'static Path {
+    static SHARED: OnceLock<(Registry, ReferenceNode)> = OnceLock::new();
+    let (_, node) = SHARED.get_or_init(|| {
+        let registry = Registry::start().expect("starting the registry");
+        let node = ReferenceNode::containerd_only(&registry).expect("starting containerd");
+        (registry, node)
+    });
+    Path::new(node.cri_socket())
 }

@@ -3,28 +3,14 @@
 //! status, Lease, and adoption of its Node across a restart.
 
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use node_tests::control_plane::ControlPlane;
-use node_tests::fixture::try_eventually;
 use node_tests::kubelet::{Kubelet, KubeletNode};
-use node_tests::reference_node::ReferenceNode;
+use node_tests::reference_node::{ReferenceNode, shared_containerd as containerd};
 use node_tests::registry::Registry;
 use serde_json::Value;
-
-/// One containerd for every test in this binary; its script tears it down when the
-/// test process exits.
-fn containerd() -> &'static Path {
-    static SHARED: OnceLock<(Registry, ReferenceNode)> = OnceLock::new();
-    let (_, node) = SHARED.get_or_init(|| {
-        let registry = Registry::start().expect("starting the registry");
-        let node = ReferenceNode::containerd_only(&registry).expect("starting containerd");
-        (registry, node)
-    });
-    Path::new(node.cri_socket())
-}
 
 fn get_json(cp: &ControlPlane, args: &[&str]) -> Result<Value> {
     let mut all = args.to_vec();
@@ -43,26 +29,14 @@ fn condition<'a>(node: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
-/// Polls `f` until it yields a value; panics with the last error and the kubelet's log,
-/// or at once if the kubelet exits.
+/// [`Kubelet::eventually`], kept as a free function for the call sites below.
 fn eventually<T>(
     what: &str,
     timeout: Duration,
     kubelet: &mut Kubelet,
-    mut f: impl FnMut() -> Result<Option<T>>,
+    f: impl FnMut() -> Result<Option<T>>,
 ) -> T {
-    let result = try_eventually(timeout, || {
-        if let Err(e) = kubelet.check_running() {
-            panic!("{what}: {e:#}");
-        }
-        f()
-    });
-    result.unwrap_or_else(|last| {
-        panic!(
-            "{what} did not happen within {timeout:?}: {last}\nkubelet log:\n{}",
-            kubelet.log_text()
-        )
-    })
+    kubelet.eventually(what, timeout, f)
 }
 
 fn wait_ready(

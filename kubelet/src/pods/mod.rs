@@ -1,11 +1,16 @@
 //! Pods bound to this node: a watch on `spec.nodeName=<node>` feeding one worker per
 //! pod UID ([`worker`]), each an explicit state machine over the CRI runtime.
 
+pub mod env;
+mod events;
+pub mod fieldpath;
+pub mod sources;
 mod spec;
 mod status;
 mod worker;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
@@ -26,6 +31,8 @@ pub struct PodContext {
     pub cluster_domain: String,
     /// The scheme of containerIDs (`containerd://...`), from CRI Version.
     pub runtime_name: String,
+    /// `--root-dir`: pod directories (volumes) live under `<root-dir>/pods/<uid>`.
+    pub root_dir: PathBuf,
     /// Set per worker.
     pub uid: String,
     /// Filled by [`run`] for readers such as the :10250 server.
@@ -95,11 +102,7 @@ pub async fn run(ctx: PodContext, node_name: &str) {
                         let _ = tx.send(Some(pod));
                     }
                     None => {
-                        let (tx, rx) = watch::channel(Some(pod));
-                        let mut ctx = ctx.clone();
-                        ctx.uid = uid.clone();
-                        tokio::spawn(worker::Worker::new(ctx, rx).run());
-                        workers.insert(uid, tx);
+                        workers.insert(uid.clone(), spawn_worker(&ctx, uid, Some(pod)));
                     }
                 }
             }
@@ -119,7 +122,23 @@ pub async fn run(ctx: PodContext, node_name: &str) {
                         let _ = tx.send(None);
                     }
                 }
+                // Pods deleted while this kubelet was down left their directories: a
+                // worker without a pod removes what the runtime and the node hold.
+                for uid in crate::volumes::pod_uids(&ctx.root_dir) {
+                    if !seen_in_relist.contains(&uid) && !workers.contains_key(&uid) {
+                        workers.insert(uid.clone(), spawn_worker(&ctx, uid, None));
+                    }
+                }
             }
         }
     }
+}
+
+/// Starts the worker of pod `uid` with its first view of the pod (`None`: gone).
+fn spawn_worker(ctx: &PodContext, uid: String, pod: Option<Pod>) -> watch::Sender<Option<Pod>> {
+    let (tx, rx) = watch::channel(pod);
+    let mut ctx = ctx.clone();
+    ctx.uid = uid;
+    tokio::spawn(worker::Worker::new(ctx, rx).run());
+    tx
 }

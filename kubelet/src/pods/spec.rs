@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use super::env::{EnvVars, expand};
+
 pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
 pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
@@ -173,18 +175,34 @@ fn dns_config(pod: &Pod, cluster_dns: &[String], cluster_domain: &str) -> Option
     Some(cfg)
 }
 
+/// The CRI config of one attempt of `c`, with its resolved environment (see
+/// [`super::env`]) and mounts (see [`crate::volumes`]). `$(VAR)` in command and
+/// args expands against that environment, as upstream does.
 pub fn container_config(
     pod: &Pod,
     c: &Container,
     restart_count: u32,
-    pod_ip: &str,
-    host_ip: &str,
+    env: &EnvVars,
+    mounts: Vec<cri::Mount>,
 ) -> cri::ContainerConfig {
     let id = PodIdentity::of(pod);
     let mut labels = id.labels();
     labels.insert(LABEL_CONTAINER_NAME.into(), c.name.clone());
     let annotations = HashMap::from([(ANNOTATION_RESTART_COUNT.into(), restart_count.to_string())]);
-    let envs = container_env(pod, c, pod_ip, host_ip);
+    let expand_all = |list: &Option<Vec<String>>| -> Vec<String> {
+        list.iter()
+            .flatten()
+            .map(|s| expand(s, |name| env.get(name)))
+            .collect()
+    };
+    let envs = env
+        .pairs()
+        .iter()
+        .map(|(key, value)| cri::KeyValue {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect();
     let sec = c.security_context.clone().unwrap_or_default();
     let pod_sec = pod
         .spec
@@ -202,8 +220,9 @@ pub fn container_config(
             image: c.image.clone().unwrap_or_default(),
             ..Default::default()
         }),
-        command: c.command.clone().unwrap_or_default(),
-        args: c.args.clone().unwrap_or_default(),
+        command: expand_all(&c.command),
+        args: expand_all(&c.args),
+        mounts,
         working_dir: c.working_dir.clone().unwrap_or_default(),
         envs,
         labels,
@@ -218,7 +237,14 @@ pub fn container_config(
                 run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
                 readonly_rootfs: sec.read_only_root_filesystem.unwrap_or(false),
                 no_new_privs: sec.allow_privilege_escalation == Some(false),
-                supplemental_groups: pod_sec.supplemental_groups.clone().unwrap_or_default(),
+                // The fsGroup owns the pod's volumes: containers join it, as upstream.
+                supplemental_groups: pod_sec
+                    .supplemental_groups
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .chain(pod_sec.fs_group)
+                    .collect(),
                 capabilities: sec.capabilities.map(|caps| cri::Capability {
                     add_capabilities: caps.add.unwrap_or_default(),
                     drop_capabilities: caps.drop.unwrap_or_default(),
@@ -232,78 +258,9 @@ pub fn container_config(
     }
 }
 
-/// `env` with `value` and the downward-API `fieldRef`s, `$(VAR)` expanded against the
-/// variables defined before it, as upstream does.
-fn container_env(pod: &Pod, c: &Container, pod_ip: &str, host_ip: &str) -> Vec<cri::KeyValue> {
-    let mut out: Vec<(String, String)> = vec![];
-    for e in c.env.clone().unwrap_or_default() {
-        let value = if let Some(v) = e.value {
-            expand(&v, &out)
-        } else if let Some(field) = e.value_from.and_then(|f| f.field_ref).map(|f| f.field_path) {
-            match field.as_str() {
-                "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
-                "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
-                "metadata.uid" => pod.metadata.uid.clone().unwrap_or_default(),
-                "spec.nodeName" => pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default(),
-                "spec.serviceAccountName" => pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.service_account_name.clone())
-                    .unwrap_or_default(),
-                "status.podIP" => pod_ip.to_string(),
-                "status.hostIP" => host_ip.to_string(),
-                _ => String::new(),
-            }
-        } else {
-            String::new()
-        };
-        out.retain(|(k, _)| *k != e.name);
-        out.push((e.name, value));
-    }
-    out.into_iter()
-        .map(|(key, value)| cri::KeyValue { key, value })
-        .collect()
-}
-
-/// `$(NAME)` → value of NAME if defined, `$$` → `$`; anything else stays as written.
-fn expand(s: &str, vars: &[(String, String)]) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        if let Some(t) = tail.strip_prefix("$$") {
-            out.push('$');
-            rest = t;
-        } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
-            let name = &tail[2..2 + end];
-            match vars.iter().find(|(k, _)| k == name) {
-                Some((_, v)) => out.push_str(v),
-                None => out.push_str(&tail[..3 + end]),
-            }
-            rest = &tail[3 + end..];
-        } else {
-            out.push('$');
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn variables_expand_like_upstream() {
-        let vars = vec![("A".to_string(), "x".to_string())];
-        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &vars), "x-$(B)-$(A)-$");
-    }
 
     #[test]
     fn cluster_first_dns() {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 
 fn rfc3339(nanos: i64) -> String {
@@ -13,106 +13,206 @@ fn rfc3339(nanos: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn pod_status(
-    pod: &Pod,
-    pod_ip: &str,
-    host_ip: &str,
-    start_time: &str,
-    containers: &HashMap<String, (cri::ContainerStatus, u32)>,
-    waiting: &HashMap<String, (String, String)>,
-    runtime_name: &str,
-    previous: Option<&Value>,
-) -> Value {
+/// The latest attempt of each container (init and app) as CRI reports it.
+pub type RuntimeView = HashMap<String, (cri::ContainerStatus, u32)>;
+
+/// Everything a status is computed from.
+pub struct StatusInputs<'a> {
+    pub pod: &'a Pod,
+    pub pod_ip: &'a str,
+    pub host_ip: &'a str,
+    pub start_time: &'a str,
+    pub runtime_name: &'a str,
+    pub containers: &'a RuntimeView,
+    /// Waiting reasons from failed steps (pulls, config errors, back-off).
+    pub waiting: &'a HashMap<String, (String, String)>,
+    /// The status last reported (transition times, last states).
+    pub previous: Option<&'a Value>,
+}
+
+impl StatusInputs<'_> {
+    /// One entry of `containerStatuses`/`initContainerStatuses`.
+    fn container_status(&self, c: &Container, init: bool, default_waiting: &str) -> Value {
+        let running = cri::ContainerState::ContainerRunning as i32;
+        let exited = cri::ContainerState::ContainerExited as i32;
+        let runtime = self.containers.get(&c.name);
+        let (state, restart_count) = match runtime {
+            Some((s, attempt)) if s.state == running => (
+                json!({"running": {"startedAt": rfc3339(s.started_at)}}),
+                *attempt,
+            ),
+            Some((s, attempt)) if s.state == exited => {
+                let reason = if !s.reason.is_empty() {
+                    s.reason.clone()
+                } else if s.exit_code == 0 {
+                    "Completed".to_string()
+                } else {
+                    "Error".to_string()
+                };
+                let mut terminated = json!({
+                    "exitCode": s.exit_code,
+                    "reason": reason,
+                    "startedAt": rfc3339(s.started_at),
+                    "finishedAt": rfc3339(s.finished_at),
+                    "containerID": format!("{}://{}", self.runtime_name, s.id),
+                });
+                if !s.message.is_empty() {
+                    terminated["message"] = json!(s.message);
+                }
+                (json!({ "terminated": terminated }), *attempt)
+            }
+            Some((_, attempt)) => (
+                json!({"waiting": {"reason": "ContainerCreating"}}),
+                *attempt,
+            ),
+            None => (json!({"waiting": {"reason": default_waiting}}), 0),
+        };
+        let previous = self
+            .previous
+            .and_then(|p| {
+                p[if init {
+                    "initContainerStatuses"
+                } else {
+                    "containerStatuses"
+                }]
+                .as_array()
+            })
+            .and_then(|l| l.iter().find(|s| s["name"] == c.name.as_str()));
+        // A failed pull or a back-off overrides what the last attempt shows; the
+        // attempt that ended becomes lastState, as upstream shows it.
+        let (state, last_state) = match self.waiting.get(&c.name) {
+            Some((reason, message)) => (
+                json!({"waiting": {"reason": reason, "message": message}}),
+                state.get("terminated").map(|t| json!({"terminated": t})),
+            ),
+            None if restart_count > 0 && state.get("terminated").is_none() => {
+                let last = previous.and_then(|p| {
+                    p["state"]
+                        .get("terminated")
+                        .map(|t| json!({"terminated": t}))
+                        .or_else(|| {
+                            p.get("lastState")
+                                .filter(|l| l.get("terminated").is_some())
+                                .cloned()
+                        })
+                });
+                (state, last)
+            }
+            None => (state, None),
+        };
+        let ready = if init {
+            state["terminated"]["exitCode"] == 0
+        } else {
+            state.get("running").is_some()
+        };
+        let mut status = json!({
+            "name": c.name,
+            "state": state,
+            "lastState": last_state.unwrap_or_else(|| json!({})),
+            "ready": ready,
+            "restartCount": restart_count,
+            "image": c.image.clone().unwrap_or_default(),
+            "imageID": runtime.map(|(s, _)| s.image_ref.clone()).unwrap_or_default(),
+        });
+        if !init {
+            status["started"] = json!(ready);
+        }
+        if let Some((s, _)) = runtime {
+            status["containerID"] = json!(format!("{}://{}", self.runtime_name, s.id));
+        }
+        status
+    }
+}
+
+/// Upstream's getPhase over the computed container statuses.
+fn phase(policy: &str, init: &[Value], app: &[Value]) -> &'static str {
+    let last_exit = |s: &Value| s["lastState"]["terminated"]["exitCode"].as_i64();
+    let (mut pending_init, mut failed_init) = (0, 0);
+    for s in init {
+        let state = &s["state"];
+        if state.get("running").is_some() {
+            pending_init += 1;
+        } else if let Some(code) = state["terminated"]["exitCode"].as_i64() {
+            failed_init += usize::from(code != 0);
+        } else if let Some(code) = last_exit(s) {
+            failed_init += usize::from(code != 0);
+        } else {
+            pending_init += 1;
+        }
+    }
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in app {
+        let state = &s["state"];
+        if state.get("running").is_some() {
+            running += 1;
+        } else if let Some(code) = state["terminated"]["exitCode"].as_i64() {
+            stopped += 1;
+            succeeded += usize::from(code == 0);
+        } else if last_exit(s).is_some() {
+            stopped += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    if failed_init > 0 && policy == "Never" {
+        return "Failed";
+    }
+    if pending_init > 0 || waiting > 0 {
+        return "Pending";
+    }
+    if running > 0 {
+        return "Running";
+    }
+    if stopped > 0 {
+        return match policy {
+            "Always" => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            "Never" => "Failed",
+            _ => "Running",
+        };
+    }
+    "Pending"
+}
+
+pub fn pod_status(inputs: &StatusInputs<'_>) -> Value {
+    let pod = inputs.pod;
     let spec = pod.spec.clone().unwrap_or_default();
     let policy = spec
         .restart_policy
         .clone()
         .unwrap_or_else(|| "Always".into());
-    let running = cri::ContainerState::ContainerRunning as i32;
-    let exited = cri::ContainerState::ContainerExited as i32;
-    let mut statuses = vec![];
-    let (mut all_running, mut all_exited, mut all_succeeded) = (true, true, true);
-    for c in &spec.containers {
-        let image = c.image.clone().unwrap_or_default();
-        let (state, ready, restart_count, container_id, image_id) = match containers.get(&c.name) {
-            Some((s, attempt)) if s.state == running => (
-                json!({"running": {"startedAt": rfc3339(s.started_at)}}),
-                true,
-                *attempt,
-                Some(format!("{runtime_name}://{}", s.id)),
-                s.image_ref.clone(),
-            ),
-            Some((s, attempt)) if s.state == exited => {
-                let terminated = json!({"terminated": {
-                    "exitCode": s.exit_code,
-                    "reason": if s.reason.is_empty() { "Error".to_string() } else { s.reason.clone() },
-                    "startedAt": rfc3339(s.started_at),
-                    "finishedAt": rfc3339(s.finished_at),
-                    "containerID": format!("{runtime_name}://{}", s.id),
-                }});
-                (
-                    terminated,
-                    false,
-                    *attempt,
-                    Some(format!("{runtime_name}://{}", s.id)),
-                    s.image_ref.clone(),
-                )
-            }
-            Some((s, attempt)) => (
-                json!({"waiting": {"reason": "ContainerCreating"}}),
-                false,
-                *attempt,
-                Some(format!("{runtime_name}://{}", s.id)),
-                s.image_ref.clone(),
-            ),
-            None => (
-                json!({"waiting": {"reason": "ContainerCreating"}}),
-                false,
-                0,
-                None,
-                String::new(),
-            ),
-        };
-        // A failed pull or a back-off overrides what the last attempt shows.
-        let state = match waiting.get(&c.name) {
-            Some((reason, message)) => json!({"waiting": {"reason": reason, "message": message}}),
-            None => state,
-        };
-        let exit_code = state["terminated"]["exitCode"].as_i64();
-        all_running &= state.get("running").is_some();
-        all_exited &= exit_code.is_some();
-        all_succeeded &= exit_code == Some(0);
-        let mut status = json!({
-            "name": c.name,
-            "state": state,
-            "ready": ready,
-            "restartCount": restart_count,
-            "image": image,
-            "imageID": image_id,
-            "started": ready,
-        });
-        if let Some(id) = container_id {
-            status["containerID"] = json!(id);
-        }
-        statuses.push(status);
-    }
-    let phase = if all_exited && !spec.containers.is_empty() && policy != "Always" {
-        if all_succeeded { "Succeeded" } else { "Failed" }
-    } else if all_running
-        || statuses
-            .iter()
-            .any(|s| s["state"].get("running").is_some() || s["restartCount"].as_u64() > Some(0))
-    {
-        "Running"
+    let init_containers = spec.init_containers.clone().unwrap_or_default();
+    let default_waiting = if init_containers.is_empty() {
+        "ContainerCreating"
     } else {
-        "Pending"
+        "PodInitializing"
     };
+    let init_statuses: Vec<Value> = init_containers
+        .iter()
+        .map(|c| inputs.container_status(c, true, default_waiting))
+        .collect();
+    let statuses: Vec<Value> = spec
+        .containers
+        .iter()
+        .map(|c| inputs.container_status(c, false, default_waiting))
+        .collect();
+    let phase = phase(&policy, &init_statuses, &statuses);
+    let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == true);
+    let names = |list: &[Value], ok: &dyn Fn(&Value) -> bool| {
+        list.iter()
+            .filter(|s| !ok(s))
+            .filter_map(|s| s["name"].as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let uninitialized = names(&init_statuses, &|s| s["ready"] == true);
+    let unready = names(&statuses, &|s| s["ready"] == true);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     // lastTransitionTime moves only when a condition's status changes.
-    let condition = |typ: &str, ok: bool| {
+    let condition = |typ: &str, ok: bool, reason: &str, message: String| {
         let status = if ok { "True" } else { "False" };
-        let since = previous
+        let since = inputs
+            .previous
             .and_then(|p| p["conditions"].as_array())
             .and_then(|cs| {
                 cs.iter()
@@ -121,34 +221,92 @@ pub fn pod_status(
             .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string))
             .unwrap_or_else(|| now.clone());
         let mut c = json!({"type": typ, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
-        if !ok && (typ == "Ready" || typ == "ContainersReady") {
-            let not_ready: Vec<&str> = statuses
-                .iter()
-                .filter(|s| s["ready"] != true)
-                .filter_map(|s| s["name"].as_str())
-                .collect();
-            c["reason"] = json!("ContainersNotReady");
-            c["message"] = json!(format!(
-                "containers with unready status: [{}]",
-                not_ready.join(" ")
-            ));
+        if !reason.is_empty() {
+            c["reason"] = json!(reason);
+        }
+        if !message.is_empty() {
+            c["message"] = json!(message);
         }
         c
     };
-    json!({
+    let initialized = if phase == "Succeeded" {
+        condition("Initialized", true, "PodCompleted", String::new())
+    } else if uninitialized.is_empty() {
+        condition("Initialized", true, "", String::new())
+    } else {
+        condition(
+            "Initialized",
+            false,
+            "ContainersNotInitialized",
+            format!("containers with incomplete status: [{uninitialized}]"),
+        )
+    };
+    let readiness = |typ: &str| {
+        if phase == "Succeeded" {
+            condition(typ, false, "PodCompleted", String::new())
+        } else if all_ready {
+            condition(typ, true, "", String::new())
+        } else {
+            condition(
+                typ,
+                false,
+                "ContainersNotReady",
+                format!("containers with unready status: [{unready}]"),
+            )
+        }
+    };
+    let mut status = json!({
         "phase": phase,
         "conditions": [
-            condition("PodReadyToStartContainers", true),
-            condition("Initialized", true),
-            condition("Ready", all_running),
-            condition("ContainersReady", all_running),
-            condition("PodScheduled", true),
+            condition("PodReadyToStartContainers", true, "", String::new()),
+            initialized,
+            readiness("Ready"),
+            readiness("ContainersReady"),
+            condition("PodScheduled", true, "", String::new()),
         ],
-        "hostIP": host_ip,
-        "podIP": pod_ip,
-        "podIPs": [{"ip": pod_ip}],
-        "startTime": start_time,
+        "hostIP": inputs.host_ip,
+        "startTime": inputs.start_time,
         "containerStatuses": statuses,
         "qosClass": "BestEffort",
-    })
+    });
+    // No address before the sandbox exists (volumes still being set up).
+    if !inputs.pod_ip.is_empty() {
+        status["podIP"] = json!(inputs.pod_ip);
+        status["podIPs"] = json!([{"ip": inputs.pod_ip}]);
+    }
+    if !init_statuses.is_empty() {
+        status["initContainerStatuses"] = json!(init_statuses);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(state: Value, last: Value) -> Value {
+        json!({"state": state, "lastState": last})
+    }
+
+    #[test]
+    fn phase_follows_upstream() {
+        let running = || s(json!({"running": {}}), json!({}));
+        let waiting = || s(json!({"waiting": {}}), json!({}));
+        let failed = || s(json!({"terminated": {"exitCode": 1}}), json!({}));
+        let done = || s(json!({"terminated": {"exitCode": 0}}), json!({}));
+        let backoff = || {
+            s(
+                json!({"waiting": {}}),
+                json!({"terminated": {"exitCode": 1}}),
+            )
+        };
+        assert_eq!(phase("Never", &[failed()], &[waiting()]), "Failed");
+        assert_eq!(phase("Always", &[backoff()], &[waiting()]), "Pending");
+        assert_eq!(phase("Always", &[running()], &[waiting()]), "Pending");
+        assert_eq!(phase("Always", &[done()], &[running()]), "Running");
+        assert_eq!(phase("Never", &[], &[done()]), "Succeeded");
+        assert_eq!(phase("Never", &[], &[failed(), done()]), "Failed");
+        assert_eq!(phase("OnFailure", &[], &[failed()]), "Running");
+        assert_eq!(phase("Always", &[], &[backoff()]), "Running");
+    }
 }

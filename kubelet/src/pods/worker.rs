@@ -5,30 +5,89 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::fieldpath::PodAddresses;
 use super::spec::{self, LABEL_CONTAINER_NAME, LABEL_POD_UID, PodIdentity};
-use super::{PodContext, now};
+use super::status::{RuntimeView, StatusInputs, pod_status};
+use super::{PodContext, env, events, now};
+use crate::volumes::{self, PodVolumes};
 
 /// Restart backoff: 10 s doubling to 5 min, as upstream.
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const TICK: Duration = Duration::from_secs(1);
 
+/// The pod's sandbox as the runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sandbox {
+    id: String,
+    pod_ip: String,
+}
+
+/// When volume set-up may be tried again: upstream's back-off for failed volume
+/// operations, 0.5 s doubling to 2 min 2 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct MountRetry {
+    not_before: Option<Instant>,
+    delay: Duration,
+}
+
+const MOUNT_BACKOFF_START: Duration = Duration::from_millis(500);
+const MOUNT_BACKOFF_MAX: Duration = Duration::from_secs(122);
+
+impl MountRetry {
+    fn due(&self) -> bool {
+        self.not_before.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn after_failure(self) -> Self {
+        let delay = if self.delay.is_zero() {
+            MOUNT_BACKOFF_START
+        } else {
+            (self.delay * 2).min(MOUNT_BACKOFF_MAX)
+        };
+        MountRetry {
+            not_before: Some(Instant::now() + delay),
+            delay,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
-    /// No sandbox: the next step creates one.
+    /// Volumes are not all set up yet: retried with back-off, reported as FailedMount.
+    MountingVolumes(MountRetry),
+    /// No sandbox: the next step creates one (or adopts the running one).
     NeedsSandbox,
-    /// Sandbox up; containers are reconciled every step.
-    Running { sandbox_id: String, pod_ip: String },
+    /// Init containers run one after the other, each to a zero exit.
+    Initializing(Sandbox),
+    /// Init containers done; app containers are reconciled every step.
+    Running(Sandbox),
+    /// An init container failed under restartPolicy Never: the pod is Failed and
+    /// nothing more is started.
+    InitFailed(Sandbox),
     /// Deletion requested: stopping everything, then removing the API object.
     Terminating,
     /// Nothing of the pod is left in the runtime; the worker exits.
     Done,
+}
+
+/// What the init containers ask for next.
+enum InitStep {
+    /// One was just started.
+    Started,
+    /// One still runs, is backing off, or could not be started.
+    Wait,
+    /// All exited 0.
+    Complete,
+    /// One failed and the restart policy is Never.
+    Failed,
 }
 
 #[derive(Default)]
@@ -42,6 +101,9 @@ pub struct Worker {
     rx: watch::Receiver<Option<Pod>>,
     phase: Phase,
     backoff: Backoff,
+    volumes: PodVolumes,
+    /// The last FailedMount message, so an unchanged failure is not re-reported.
+    mount_error: Option<String>,
     /// Waiting reasons from failed steps (image pulls), reported in status.
     waiting: HashMap<String, (String, String)>,
     last_status: Option<Value>,
@@ -50,11 +112,14 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(ctx: PodContext, rx: watch::Receiver<Option<Pod>>) -> Self {
+        let volumes = PodVolumes::new(ctx.client.clone(), &ctx.root_dir, &ctx.uid);
         Worker {
             ctx,
             rx,
-            phase: Phase::NeedsSandbox,
+            phase: Phase::MountingVolumes(MountRetry::default()),
             backoff: Backoff::default(),
+            volumes,
+            mount_error: None,
             waiting: HashMap::new(),
             last_status: None,
             start_time: now(),
@@ -80,6 +145,7 @@ impl Worker {
     async fn step(&mut self, pod: Option<Pod>) -> anyhow::Result<()> {
         let Some(pod) = pod else {
             // Gone from the API (force-deleted): remove whatever the runtime still has.
+            self.phase = Phase::Terminating;
             self.teardown(0).await?;
             self.phase = Phase::Done;
             return Ok(());
@@ -115,18 +181,83 @@ impl Worker {
             self.phase = Phase::Done;
             return Ok(());
         }
-        if self.phase == Phase::NeedsSandbox {
-            self.phase = self.ensure_sandbox(&pod).await?;
+        if let Phase::MountingVolumes(retry) = self.phase {
+            // Volumes come before the sandbox, as upstream: a pod whose volumes
+            // cannot be set up never starts anything.
+            if !retry.due() {
+                return Ok(());
+            }
+            if !self.sync_volumes(&pod, "").await {
+                self.phase = Phase::MountingVolumes(retry.after_failure());
+                return self.report(&pod, "", &HashMap::new()).await;
+            }
+            self.phase = Phase::NeedsSandbox;
         }
-        let Phase::Running { sandbox_id, pod_ip } = self.phase.clone() else {
-            return Ok(());
+        if self.phase == Phase::NeedsSandbox {
+            self.phase = Phase::Initializing(self.ensure_sandbox(&pod).await?);
+        }
+        let sandbox = match &self.phase {
+            Phase::Initializing(s) | Phase::Running(s) | Phase::InitFailed(s) => s.clone(),
+            _ => return Ok(()),
         };
-        let containers = self.sync_containers(&pod, &sandbox_id, &pod_ip).await?;
-        self.report(&pod, &pod_ip, &containers).await
+        if self.volumes.refresh_due() {
+            self.sync_volumes(&pod, &sandbox.pod_ip).await;
+        }
+        let mut view = self.runtime_view(&sandbox.id).await?;
+        if let Phase::Initializing(_) = self.phase {
+            match self.sync_init_containers(&pod, &sandbox, &view).await {
+                InitStep::Wait => {}
+                InitStep::Started => view = self.runtime_view(&sandbox.id).await?,
+                InitStep::Complete => self.phase = Phase::Running(sandbox.clone()),
+                InitStep::Failed => {
+                    // Upstream kills a Failed pod: the sandbox (and its IP) goes; the
+                    // exited containers stay listed for status.
+                    self.ctx
+                        .cri
+                        .runtime_client()
+                        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                            pod_sandbox_id: sandbox.id.clone(),
+                        })
+                        .await?;
+                    self.phase = Phase::InitFailed(sandbox.clone());
+                }
+            }
+        }
+        if let Phase::Running(_) = self.phase
+            && self.sync_containers(&pod, &sandbox, &view).await
+        {
+            // Something started: report what it is now rather than a tick late.
+            view = self.runtime_view(&sandbox.id).await?;
+        }
+        self.report(&pod, &sandbox.pod_ip, &view).await
+    }
+
+    /// Sets up or refreshes the pod's volumes; reports a new failure as a
+    /// FailedMount event. Returns whether every volume is ready.
+    async fn sync_volumes(&mut self, pod: &Pod, pod_ip: &str) -> bool {
+        let addr = PodAddresses {
+            pod_ip,
+            host_ip: &self.ctx.host_ip,
+        };
+        match self.volumes.sync(pod, addr).await {
+            Ok(()) => {
+                self.mount_error = None;
+                true
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(pod = %PodIdentity::of(pod).name, error = %message, "volume set-up failed");
+                if self.mount_error.as_deref() != Some(message.as_str()) {
+                    events::warn(&self.ctx.client, pod, "FailedMount", &message).await;
+                    self.mount_error = Some(message);
+                }
+                false
+            }
+        }
     }
 
     /// Adopts a ready sandbox of this pod (kubelet restart) or creates one.
-    async fn ensure_sandbox(&mut self, pod: &Pod) -> anyhow::Result<Phase> {
+    async fn ensure_sandbox(&mut self, pod: &Pod) -> anyhow::Result<Sandbox> {
         let uid = PodIdentity::of(pod).uid;
         let mut rt = self.ctx.cri.runtime_client();
         let existing = rt
@@ -169,17 +300,14 @@ impl Worker {
             .map(|n| n.ip)
             .filter(|ip| !ip.is_empty())
             .unwrap_or_else(|| self.ctx.host_ip.clone());
-        Ok(Phase::Running { sandbox_id, pod_ip })
+        Ok(Sandbox {
+            id: sandbox_id,
+            pod_ip,
+        })
     }
 
-    /// Starts what is missing, restarts what the restart policy says, and returns the
-    /// current CRI status of the latest attempt of each container.
-    async fn sync_containers(
-        &mut self,
-        pod: &Pod,
-        sandbox_id: &str,
-        pod_ip: &str,
-    ) -> anyhow::Result<HashMap<String, (cri::ContainerStatus, u32)>> {
+    /// The CRI status of the latest attempt of every container in the sandbox.
+    async fn runtime_view(&self, sandbox_id: &str) -> anyhow::Result<RuntimeView> {
         let mut rt = self.ctx.cri.runtime_client();
         let listed = rt
             .list_containers(cri::ListContainersRequest {
@@ -206,31 +334,66 @@ impl Worker {
                 latest.insert(name, c);
             }
         }
+        let mut view = RuntimeView::new();
+        for (name, c) in latest {
+            let attempt = c.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
+            let status = rt
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: c.id.clone(),
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status
+                .unwrap_or_default();
+            view.insert(name, (status, attempt));
+        }
+        Ok(view)
+    }
+
+    /// Runs the init containers in order: the first one that has not exited 0 is
+    /// started (or restarted after back-off, unless the restart policy is Never).
+    async fn sync_init_containers(
+        &mut self,
+        pod: &Pod,
+        sandbox: &Sandbox,
+        view: &RuntimeView,
+    ) -> InitStep {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let never = spec.restart_policy.as_deref() == Some("Never");
+        let exited = cri::ContainerState::ContainerExited as i32;
+        for c in spec.init_containers.iter().flatten() {
+            let next = match view.get(&c.name) {
+                None => 0,
+                Some((s, _)) if s.state != exited => return InitStep::Wait,
+                Some((s, _)) if s.exit_code == 0 => continue,
+                Some(_) if never => return InitStep::Failed,
+                Some((_, attempt)) => attempt + 1,
+            };
+            let status = view.get(&c.name).map(|(s, _)| s);
+            return if self.start_or_back_off(pod, c, next, sandbox, status).await {
+                InitStep::Started
+            } else {
+                InitStep::Wait
+            };
+        }
+        InitStep::Complete
+    }
+
+    /// Starts what is missing and restarts what the restart policy says; returns
+    /// whether anything was started.
+    async fn sync_containers(&mut self, pod: &Pod, sandbox: &Sandbox, view: &RuntimeView) -> bool {
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = spec
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".into());
-        let mut out = HashMap::new();
+        let mut started = false;
         for c in &spec.containers {
-            let current = latest.get(&c.name);
-            let attempt = current.and_then(|x| x.metadata.as_ref()).map(|m| m.attempt);
-            let status = match current {
-                Some(x) => Some(
-                    rt.container_status(cri::ContainerStatusRequest {
-                        container_id: x.id.clone(),
-                        verbose: false,
-                    })
-                    .await?
-                    .into_inner()
-                    .status
-                    .unwrap_or_default(),
-                ),
-                None => None,
-            };
-            let next_attempt = match (&status, attempt) {
-                (None, _) => Some(0),
-                (Some(s), Some(a)) if s.state == cri::ContainerState::ContainerExited as i32 => {
+            let current = view.get(&c.name);
+            let next_attempt = match current {
+                None => Some(0),
+                Some((s, a)) if s.state == cri::ContainerState::ContainerExited as i32 => {
                     let restart = match policy.as_str() {
                         "Never" => false,
                         "OnFailure" => s.exit_code != 0,
@@ -241,30 +404,69 @@ impl Worker {
                 _ => None,
             };
             if let Some(next) = next_attempt {
-                if next > 0 && !self.backoff_elapsed(&c.name, status.as_ref()) {
-                    self.waiting.insert(
-                        c.name.clone(),
-                        (
-                            "CrashLoopBackOff".into(),
-                            format!("back-off restarting failed container {}", c.name),
-                        ),
-                    );
-                } else {
-                    match self.start_container(pod, c, next, sandbox_id, pod_ip).await {
-                        Ok(()) => {
-                            self.waiting.remove(&c.name);
-                        }
-                        Err((reason, message)) => {
-                            self.waiting.insert(c.name.clone(), (reason, message));
-                        }
-                    }
-                }
-            }
-            if let (Some(s), Some(a)) = (status, attempt) {
-                out.insert(c.name.clone(), (s, a));
+                started |= self
+                    .start_or_back_off(pod, c, next, sandbox, current.map(|(s, _)| s))
+                    .await;
             }
         }
-        Ok(out)
+        started
+    }
+
+    /// Starts attempt `next` of `c` unless it is still backing off; failures become
+    /// the container's waiting reason. Returns whether it started.
+    async fn start_or_back_off(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        next: u32,
+        sandbox: &Sandbox,
+        last: Option<&cri::ContainerStatus>,
+    ) -> bool {
+        if next > 0 && !self.backoff_elapsed(&c.name, last) {
+            let message = format!(
+                "back-off {}s restarting failed container={} pod={}_{}({})",
+                self.backoff
+                    .delay
+                    .get(&c.name)
+                    .map(Duration::as_secs)
+                    .unwrap_or(10),
+                c.name,
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.uid.as_deref().unwrap_or_default()
+            );
+            self.set_waiting(pod, &c.name, "CrashLoopBackOff", message)
+                .await;
+            return false;
+        }
+        match self.start_container(pod, c, next, sandbox).await {
+            Ok(()) => {
+                self.waiting.remove(&c.name);
+                true
+            }
+            Err((reason, message)) => {
+                self.set_waiting(pod, &c.name, &reason, message).await;
+                false
+            }
+        }
+    }
+
+    /// Records why `name` waits; a new reason or message is also an event, as
+    /// upstream's `BackOff` and `Failed` events.
+    async fn set_waiting(&mut self, pod: &Pod, name: &str, reason: &str, message: String) {
+        let entry = (reason.to_string(), message);
+        if self.waiting.get(name) == Some(&entry) {
+            return;
+        }
+        let (event_reason, event_message) = match reason {
+            "CrashLoopBackOff" => (
+                "BackOff",
+                "Back-off restarting failed container".to_string(),
+            ),
+            _ => ("Failed", format!("Error: {}", entry.1)),
+        };
+        events::warn(&self.ctx.client, pod, event_reason, &event_message).await;
+        self.waiting.insert(name.to_string(), entry);
     }
 
     /// Restart backoff after a container exited: 10 s doubling to 5 min, reset when the
@@ -298,10 +500,9 @@ impl Worker {
     async fn start_container(
         &self,
         pod: &Pod,
-        c: &k8s_openapi::api::core::v1::Container,
+        c: &Container,
         attempt: u32,
-        sandbox_id: &str,
-        pod_ip: &str,
+        sandbox: &Sandbox,
     ) -> Result<(), (String, String)> {
         let image = c.image.clone().unwrap_or_default();
         let mut images = self.ctx.cri.image_client();
@@ -344,11 +545,26 @@ impl Worker {
         }
         let sandbox_config =
             spec::sandbox_config(pod, 0, &self.ctx.cluster_dns, &self.ctx.cluster_domain);
-        let config = spec::container_config(pod, c, attempt, pod_ip, &self.ctx.host_ip);
+        let config_error = |message: String| ("CreateContainerConfigError".to_string(), message);
+        let addr = PodAddresses {
+            pod_ip: &sandbox.pod_ip,
+            host_ip: &self.ctx.host_ip,
+        };
+        let env = env::container_env(&self.ctx.client, pod, c, addr)
+            .await
+            .map_err(config_error)?;
+        let privileged = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.privileged)
+            .unwrap_or(false);
+        let mounts = volumes::container_mounts(self.volumes.ready(), c, privileged, &env)
+            .map_err(config_error)?;
+        let config = spec::container_config(pod, c, attempt, &env, mounts);
         let mut rt = self.ctx.cri.runtime_client();
         let id = rt
             .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sandbox_id.to_string(),
+                pod_sandbox_id: sandbox.id.clone(),
                 config: Some(config),
                 sandbox_config: Some(sandbox_config),
             })
@@ -411,25 +627,23 @@ impl Worker {
             })
             .await?;
         }
+        // Only once no container can use them any more.
+        volumes::tear_down(&self.ctx.root_dir, &self.ctx.uid)
+            .with_context(|| format!("removing the volumes of pod {}", self.ctx.uid))?;
         Ok(())
     }
 
-    async fn report(
-        &mut self,
-        pod: &Pod,
-        pod_ip: &str,
-        containers: &HashMap<String, (cri::ContainerStatus, u32)>,
-    ) -> anyhow::Result<()> {
-        let status = super::status::pod_status(
+    async fn report(&mut self, pod: &Pod, pod_ip: &str, view: &RuntimeView) -> anyhow::Result<()> {
+        let status = pod_status(&StatusInputs {
             pod,
             pod_ip,
-            &self.ctx.host_ip,
-            &self.start_time,
-            containers,
-            &self.waiting,
-            self.ctx.runtime_name.as_str(),
-            self.last_status.as_ref(),
-        );
+            host_ip: &self.ctx.host_ip,
+            start_time: &self.start_time,
+            runtime_name: &self.ctx.runtime_name,
+            containers: view,
+            waiting: &self.waiting,
+            previous: self.last_status.as_ref(),
+        });
         if self.last_status.as_ref() == Some(&status) {
             return Ok(());
         }
@@ -445,5 +659,22 @@ impl Worker {
         .await?;
         self.last_status = Some(status);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_retries_back_off_like_upstream() {
+        let fresh = MountRetry::default();
+        assert!(fresh.due());
+        let once = fresh.after_failure();
+        assert_eq!(once.delay, MOUNT_BACKOFF_START);
+        assert!(!once.due());
+        assert_eq!(once.after_failure().delay, Duration::from_secs(1));
+        let capped = (0..20).fold(once, |r, _| r.after_failure());
+        assert_eq!(capped.delay, MOUNT_BACKOFF_MAX);
     }
 }
