@@ -4,6 +4,7 @@
 pub mod env;
 mod events;
 pub mod fieldpath;
+mod pull_secrets;
 pub mod sources;
 mod spec;
 mod status;

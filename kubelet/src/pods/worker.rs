@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::fieldpath::PodAddresses;
 use super::spec::{self, LABEL_CONTAINER_NAME, LABEL_POD_UID, PodIdentity};
 use super::status::{RuntimeView, StatusInputs, pod_status};
-use super::{PodContext, env, events, now};
+use super::{PodContext, env, events, now, pull_secrets};
 use crate::volumes::{self, PodVolumes};
 
 /// Restart backoff: 10 s doubling to 5 min, as upstream.
@@ -146,7 +146,7 @@ impl Worker {
         let Some(pod) = pod else {
             // Gone from the API (force-deleted): remove whatever the runtime still has.
             self.phase = Phase::Terminating;
-            self.teardown(0).await?;
+            self.teardown(None, 0).await?;
             self.phase = Phase::Done;
             return Ok(());
         };
@@ -157,7 +157,7 @@ impl Worker {
             .map(|_| pod.metadata.deletion_grace_period_seconds.unwrap_or(30))
         {
             self.phase = Phase::Terminating;
-            self.teardown(grace).await?;
+            self.teardown(Some(&pod), grace).await?;
             let api: Api<Pod> = Api::namespaced(
                 self.ctx.client.clone(),
                 pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -524,24 +524,35 @@ impl Worker {
                 "IfNotPresent"
             },
         );
+        let client = &self.ctx.client;
+        let event = |type_: &'static str, reason: &'static str, message: String| async move {
+            events::container(client, pod, &c.name, type_, reason, &message).await
+        };
         if (!present && policy != "Never") || policy == "Always" {
-            if let Err(e) = images
-                .pull_image(cri::PullImageRequest {
-                    image: Some(cri::ImageSpec {
-                        image: image.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
+            event("Normal", "Pulling", format!("Pulling image \"{image}\"")).await;
+            let started = Instant::now();
+            self.pull(pod, &image)
                 .await
-            {
-                return Err(("ErrImagePull".into(), e.message().to_string()));
-            }
+                .map_err(|message| ("ErrImagePull".to_string(), message))?;
+            let took = started.elapsed();
+            event(
+                "Normal",
+                "Pulled",
+                format!("Successfully pulled image \"{image}\" in {took:?}"),
+            )
+            .await;
         } else if !present {
             return Err((
                 "ErrImageNeverPull".into(),
                 format!("Container image \"{image}\" is not present with pull policy of Never"),
             ));
+        } else {
+            event(
+                "Normal",
+                "Pulled",
+                format!("Container image \"{image}\" already present on machine"),
+            )
+            .await;
         }
         let sandbox_config =
             spec::sandbox_config(pod, 0, &self.ctx.cluster_dns, &self.ctx.cluster_domain);
@@ -572,14 +583,45 @@ impl Worker {
             .map_err(|e| ("CreateContainerError".to_string(), e.message().to_string()))?
             .into_inner()
             .container_id;
+        event("Normal", "Created", format!("Created container {}", c.name)).await;
         rt.start_container(cri::StartContainerRequest { container_id: id })
             .await
             .map_err(|e| ("RunContainerError".to_string(), e.message().to_string()))?;
+        event("Normal", "Started", format!("Started container {}", c.name)).await;
         Ok(())
     }
 
-    /// Stops and removes every sandbox (and so every container) of the pod.
-    async fn teardown(&mut self, grace: i64) -> anyhow::Result<()> {
+    /// Pulls `image` with each credential of the pod's pull secrets that matches it, most
+    /// specific first, then anonymously, until one works (upstream's keyring order).
+    async fn pull(&self, pod: &Pod, image: &str) -> Result<(), String> {
+        let creds = pull_secrets::credentials(&self.ctx.client, pod).await;
+        let mut auths: Vec<Option<cri::AuthConfig>> = pull_secrets::for_image(&creds, image)
+            .into_iter()
+            .map(Some)
+            .collect();
+        auths.push(None);
+        let mut images = self.ctx.cri.image_client();
+        let mut last = String::new();
+        for auth in auths {
+            let request = cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.to_string(),
+                    ..Default::default()
+                }),
+                auth,
+                ..Default::default()
+            };
+            match images.pull_image(request).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.message().to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    /// Stops and removes every sandbox (and so every container) of the pod; with the
+    /// pod object, each running container gets a `Killing` event first.
+    async fn teardown(&mut self, pod: Option<&Pod>, grace: i64) -> anyhow::Result<()> {
         let uid = self.ctx.uid.clone();
         let mut rt = self.ctx.cri.runtime_client();
         let sandboxes = rt
@@ -603,6 +645,21 @@ impl Worker {
                 .await?
                 .into_inner()
                 .containers;
+            if let Some(pod) = pod {
+                let running = containers
+                    .iter()
+                    .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32);
+                for c in running {
+                    let name = c
+                        .metadata
+                        .as_ref()
+                        .map(|m| m.name.as_str())
+                        .unwrap_or_default();
+                    let message = format!("Stopping container {name}");
+                    events::container(&self.ctx.client, pod, name, "Normal", "Killing", &message)
+                        .await;
+                }
+            }
             // Containers get the grace period in parallel, as upstream.
             let stops = containers.iter().map(|c| {
                 let mut rt = rt.clone();
