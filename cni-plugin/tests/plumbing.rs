@@ -331,16 +331,16 @@ async fn host_and_pod_reach_each_other() {
 
 #[tokio::test]
 async fn two_pods_reach_each_other() {
-    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
-    assert_eq!(
-        forwarding.trim(),
-        "1",
-        "pods talk through the host: net.ipv4.ip_forward must be 1 (the node's network setup enables it)"
-    );
     let a = TestPod::new();
     let b = TestPod::new();
     setup(&a).await;
     setup(&b).await;
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    assert_eq!(
+        forwarding.trim(),
+        "1",
+        "pods talk through the host: ADD must turn net.ipv4.ip_forward on, as the reference ptp plugin does"
+    );
     assert!(
         ping(Some(&a.netns), &b.ip()),
         "{} cannot ping {}",

@@ -33,6 +33,9 @@ pub enum NetError {
     #[error("cannot {op}: {source}")]
     Socket { op: String, source: io::Error },
 
+    #[error("cannot {op}: {source}")]
+    Sysctl { op: String, source: io::Error },
+
     #[error("cannot {op}: {}", describe(source))]
     Netlink {
         op: String,

@@ -97,6 +97,9 @@ async fn build(
     // Rules for this IP can only be leftovers too: ipamd has just handed the IP to us.
     delete_rules_for(host, pod.ip).await?;
 
+    // Pods reach each other and the world only through the host, as with the reference
+    // ptp plugin, which turns forwarding on in every ADD: a fresh machine has it off.
+    enable_ipv4_forwarding()?;
     create_veth_pair(host, &pod.host_veth, &pod.ifname, ns, pod.mtu).await?;
     let host_link = expect_link(host, &pod.host_veth).await?;
     let pod_link = expect_link(inside, &pod.ifname).await?;
@@ -108,6 +111,20 @@ async fn build(
         host: expect_link(host, &pod.host_veth).await?,
         pod: expect_link(inside, &pod.ifname).await?,
     })
+}
+
+/// `net.ipv4.ip_forward=1` in the caller's (the host's) network namespace; written only
+/// when it is off, so an ADD does not contend on the sysctl.
+fn enable_ipv4_forwarding() -> Result<(), NetError> {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
+    let io = |source| NetError::Sysctl {
+        op: format!("enable IPv4 forwarding through {SYSCTL}"),
+        source,
+    };
+    if std::fs::read_to_string(SYSCTL).map_err(io)?.trim() != "1" {
+        std::fs::write(SYSCTL, "1").map_err(io)?;
+    }
+    Ok(())
 }
 
 async fn configure_pod_side(
