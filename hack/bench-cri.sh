@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Side-by-side CRI latency: runtime-shim vs containerd 1.6 (+ runc, same ptp/host-local
 # CNI, same image from the same local registry), measured in one run on this machine
-# by the same client (tests/src/bin/cri-bench.rs). Not a test: it prints figures.
+# by the same client (tests/src/bin/cri-bench.rs): N sequential pod lifecycles (p50 and
+# p95 of each call), then the daemons' memory (PSS) with H pods running: runtime-shim +
+# its per-container monitors against containerd + its shims. Not a test: it prints figures.
 #
-#   ./hack/bench-cri.sh [--count N]
+#   ./hack/bench-cri.sh [--count N] [--hold H]
 . "$(dirname "$0")/lib.sh"
 require_root
 
-COUNT=30
+COUNT=40
+HOLD=30
 while [ $# -gt 0 ]; do
     case "$1" in
         --count) COUNT="$2"; shift 2 ;;
+        --hold) HOLD="$2"; shift 2 ;;
         *) die "unknown flag $1" ;;
     esac
 done
@@ -58,9 +62,43 @@ log "runtime-shim: $COUNT pod lifecycles"
 
 echo
 echo "CRI latency, $COUNT sequential pod lifecycles each ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r))"
-printf '%-18s %14s %14s %14s %14s %8s\n' call "containerd p50" "shim p50" "containerd p90" "shim p90" "p50 x"
+printf '%-18s %14s %14s %14s %14s %8s\n' call "containerd p50" "shim p50" "containerd p95" "shim p95" "p50 x"
 for call in RunPodSandbox CreateContainer StartContainer StopContainer RemoveContainer StopPodSandbox RemovePodSandbox; do
     jq -r --arg c "$call" --slurpfile s "$WORK/shim.json" \
-        '[$c, .[$c].p50_ms, $s[0][$c].p50_ms, .[$c].p90_ms, $s[0][$c].p90_ms] | @tsv' "$WORK/containerd.json" |
+        '[$c, .[$c].p50_ms, $s[0][$c].p50_ms, .[$c].p95_ms, $s[0][$c].p95_ms] | @tsv' "$WORK/containerd.json" |
         awk -F'\t' '{printf "%-18s %11.1f ms %11.1f ms %11.1f ms %11.1f ms %7.2fx\n", $1, $2, $3, $4, $5, ($3 > 0 ? $3 / $2 : 0)}'
 done
+
+. "$REPO_ROOT/hack/bench-lib.sh"
+
+# held_pss SOCKET DAEMON_PID PER_POD_PATTERN: "daemon_kb per_pod_kb count" with $HOLD pods
+# running on the runtime at SOCKET.
+held_pss() {
+    local ready="$WORK/held.ready" pid daemon pods=()
+    rm -f "$ready"
+    "$BIN/cri-bench" --socket "$1" --image "$IMAGE" --hold "$HOLD" --ready-file "$ready" \
+        --log-dir "$WORK/logs-held" &
+    pid=$!
+    wait_for "$HOLD pods running on $1" 300 test -e "$ready"
+    daemon="$(pss_kb "$2")"
+    mapfile -t pods < <(pgrep -f "$3" || true)
+    echo "$daemon $(pss_kb "${pods[@]}") ${#pods[@]}"
+    rm -f "$ready"
+    wait "$pid"
+}
+log "containerd: memory with $HOLD pods"
+read -r c_daemon c_pods c_n < <(held_pss "$WORK/containerd/containerd.sock" \
+    "$(grep '^CONTAINERD_PID=' "$WORK/containerd/env" | cut -d= -f2)" \
+    "containerd-shim-runc-v2 .*-address $WORK/containerd/containerd.sock")
+log "runtime-shim: memory with $HOLD pods"
+read -r s_daemon s_pods s_n < <(held_pss "$WORK/shim/cri.sock" "$SHIM_PID" "__monitor.*$WORK/shim/")
+echo
+echo "PSS with $HOLD pods running"
+printf '%-28s %12s %12s %8s\n' "" containerd runtime-shim ratio
+printf '%-28s %9s MB %9s MB %7.2fx\n' "daemon" "$((c_daemon / 1024))" "$((s_daemon / 1024))" \
+    "$(awk -v a="$s_daemon" -v b="$c_daemon" 'BEGIN{print a/b}')"
+printf '%-28s %9.2f MB %9.2f MB %7.2fx\n' "per pod (shim / monitor)" \
+    "$(awk -v a="$c_pods" -v n="$c_n" 'BEGIN{print n ? a/n/1024 : 0}')" \
+    "$(awk -v a="$s_pods" -v n="$s_n" 'BEGIN{print n ? a/n/1024 : 0}')" \
+    "$(awk -v a="$s_pods" -v n="$s_n" -v b="$c_pods" -v m="$c_n" 'BEGIN{print (n && b) ? (a/n)/(b/m) : 0}')"
+echo "  containerd: $c_n shim processes; runtime-shim: $s_n monitor processes"

@@ -8,6 +8,7 @@
 #               --node NAME [--pod-cidr CIDR]
 #               [--bridge BR --node-ip IP/PREFIX --gateway GW [--cluster-cidr CIDR] [--mac MAC]]
 #               [--eni --ec2-endpoint URL --imds-endpoint URL --instance-type TYPE]
+#               [--cri-socket PATH]
 #   node.sh start|stop --dir D [...]
 #
 # With --bridge the node is a machine of its own on the network: a network namespace
@@ -26,6 +27,10 @@
 # from this host's loopback. The kubelet's --max-pods comes from `ipamd max-pods`.
 # ipamd reads WARM_ENI_TARGET, WARM_IP_TARGET, ... from the environment, as aws-node does.
 #
+# With --cri-socket the node runs only our kubelet, against that CRI runtime (a
+# `reference-node.sh --containerd-only` instance, say) and its own CNI: no runtime-shim,
+# no ipamd. hack/bench-pods.sh compares kubelets on the same runtime that way.
+#
 # `run` publishes in D/env: NODE_NAME, CRI_SOCKET, IPAMD_PID, KUBELET_PID, RUNTIME_SHIM_PID
 # (first pids; the daemons are restarted when they exit, D/<daemon>.pid has the current one),
 # and with --bridge NETNS, NODE_IP, KUBE_PROXY_PID.
@@ -39,6 +44,7 @@ cmd_run() {
     RUN_DIR="$DIR"
     local node="" reg_dir="" cidr="10.244.100.0/24" bridge="" node_ip="" gateway=""
     local cluster_cidr=10.244.0.0/16 mac="" eni="" ec2_endpoint="" imds_endpoint="" itype=""
+    local cri_socket=""
     CP_DIR="" NETNS=""
     set -- "${RUN_ARGS[@]}"
     while [ $# -gt 0 ]; do
@@ -56,12 +62,15 @@ cmd_run() {
             --ec2-endpoint) ec2_endpoint="$2"; shift 2 ;;
             --imds-endpoint) imds_endpoint="$2"; shift 2 ;;
             --instance-type) itype="$2"; shift 2 ;;
+            --cri-socket) cri_socket="$2"; shift 2 ;;
             *) die "unknown flag $1" ;;
         esac
     done
     [ -n "$node" ] && [ -n "$CP_DIR" ] && [ -n "$reg_dir" ] ||
         die "--control-plane DIR, --registry DIR and --node NAME are required"
-    for b in kubelet runtime-shim vpc-cni ipamd; do
+    local bins=(kubelet runtime-shim vpc-cni ipamd)
+    [ -z "$cri_socket" ] || bins=(kubelet)
+    for b in "${bins[@]}"; do
         [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b not built: run cargo build --bins (or set NODERT_BIN_DIR)"
     done
     if [ -n "$bridge" ]; then
@@ -88,7 +97,60 @@ cmd_run() {
         publish NODE_IP "${node_ip%/*}"
     fi
 
-    local ipam_args=(--mode podcidr --pod-cidr "$cidr") max_pods=()
+    local max_pods=()
+    if [ -z "$cri_socket" ]; then
+        start_runtime
+        cri_socket="$DIR/cri.sock"
+    fi
+
+    local kubeconfig node_ip_flag=()
+    kubeconfig="$("$REPO_ROOT/hack/control-plane.sh" node-credentials --dir "$CP_DIR" --node "$node")"
+    # The API server reaches :10250 with its kubelet-client certificate (our CA) for
+    # logs, exec and port-forward; everyone else needs a token the API server accepts.
+    cat >"$DIR/kubelet/config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $kubelet_addr
+port: $kubelet_port
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $CP_DIR/pki/ca.crt}
+authorization: {mode: Webhook}
+EOF
+    # On the host's network the kubelet serves on loopback only: that is its address.
+    node_ip_flag=(--node-ip "${node_ip:-127.0.0.1}")
+    node_ip_flag[1]="${node_ip_flag[1]%/*}"
+    supervise kubelet "${IN_NODE[@]}" "$BIN_DIR/kubelet" --kubeconfig "$kubeconfig" \
+        --config "$DIR/kubelet/config.yaml" --container-runtime-endpoint "unix://$cri_socket" \
+        --hostname-override "$node" --root-dir "$DIR/kubelet/root" --cert-dir "$DIR/kubelet/pki" \
+        "${node_ip_flag[@]}" "${max_pods[@]}"
+    KUBELET_SUPERVISOR="${PIDS[-1]}"
+    wait_node_ready "$CP_DIR" "$node" "$KUBELET_SUPERVISOR" "$DIR/kubelet.log" 60
+    if [ -n "$bridge" ]; then
+        local kp_kubeconfig
+        kp_kubeconfig="$(grep '^KUBE_PROXY_KUBECONFIG=' "$CP_DIR/env" | cut -d= -f2-)"
+        # conntrack limits and timeouts are host-wide sysctls: leave them to the host.
+        "${IN_NODE[@]}" "$KUBE_BIN_DIR/kube-proxy" --kubeconfig "$kp_kubeconfig" \
+            --hostname-override "$node" --proxy-mode iptables --cluster-cidr "$cluster_cidr" \
+            --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 \
+            --conntrack-tcp-timeout-close-wait 0 --metrics-bind-address 127.0.0.1:10249 \
+            --healthz-bind-address 127.0.0.1:10256 >"$DIR/kube-proxy.log" 2>&1 &
+        AUX_PIDS+=($!)
+        publish KUBE_PROXY_PID $!
+        wait_for "kube-proxy" 60 "${IN_NODE[@]}" bash -c \
+            "kill -0 $! && curl -sf http://127.0.0.1:10256/healthz >/dev/null"
+    fi
+    publish NODE_NAME "$node"
+    publish CRI_SOCKET "$cri_socket"
+    log "node $node ready"
+    serve_until_stopped
+}
+
+# start_runtime: ipamd, the CNI config and runtime-shim of the node, supervised. Reads
+# cmd_run's locals (node, cidr, eni, ...) and sets its max_pods in eni mode.
+start_runtime() {
+    local ipam_args=(--mode podcidr --pod-cidr "$cidr")
     if [ -n "$eni" ]; then
         [ -n "$bridge" ] && [ -n "$ec2_endpoint" ] && [ -n "$imds_endpoint" ] && [ -n "$itype" ] ||
             die "--eni needs --bridge, --ec2-endpoint, --imds-endpoint and --instance-type"
@@ -114,48 +176,6 @@ EOF
         --root "$DIR/shim-root" --state "$DIR/shim-state" --cni-conf-dir "$DIR/net.d" \
         --cni-bin-dir "/usr/lib/cni:$BIN_DIR" --cni-cache-dir "$DIR/cni-cache" "${mirrors[@]}"
     wait_for "runtime-shim" 30 test -S "$DIR/cri.sock"
-
-    local kubeconfig node_ip_flag=()
-    kubeconfig="$("$REPO_ROOT/hack/control-plane.sh" node-credentials --dir "$CP_DIR" --node "$node")"
-    # The API server reaches :10250 with its kubelet-client certificate (our CA) for
-    # logs, exec and port-forward; everyone else needs a token the API server accepts.
-    cat >"$DIR/kubelet/config.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-address: $kubelet_addr
-port: $kubelet_port
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: true}
-  x509: {clientCAFile: $CP_DIR/pki/ca.crt}
-authorization: {mode: Webhook}
-EOF
-    # On the host's network the kubelet serves on loopback only: that is its address.
-    node_ip_flag=(--node-ip "${node_ip:-127.0.0.1}")
-    node_ip_flag[1]="${node_ip_flag[1]%/*}"
-    supervise kubelet "${IN_NODE[@]}" "$BIN_DIR/kubelet" --kubeconfig "$kubeconfig" \
-        --config "$DIR/kubelet/config.yaml" --container-runtime-endpoint "unix://$DIR/cri.sock" \
-        --hostname-override "$node" --root-dir "$DIR/kubelet/root" --cert-dir "$DIR/kubelet/pki" \
-        "${node_ip_flag[@]}" "${max_pods[@]}"
-    wait_node_ready "$CP_DIR" "$node" "${PIDS[2]}" "$DIR/kubelet.log" 60
-    if [ -n "$bridge" ]; then
-        local kp_kubeconfig
-        kp_kubeconfig="$(grep '^KUBE_PROXY_KUBECONFIG=' "$CP_DIR/env" | cut -d= -f2-)"
-        # conntrack limits and timeouts are host-wide sysctls: leave them to the host.
-        "${IN_NODE[@]}" "$KUBE_BIN_DIR/kube-proxy" --kubeconfig "$kp_kubeconfig" \
-            --hostname-override "$node" --proxy-mode iptables --cluster-cidr "$cluster_cidr" \
-            --conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 \
-            --conntrack-tcp-timeout-close-wait 0 --metrics-bind-address 127.0.0.1:10249 \
-            --healthz-bind-address 127.0.0.1:10256 >"$DIR/kube-proxy.log" 2>&1 &
-        AUX_PIDS+=($!)
-        publish KUBE_PROXY_PID $!
-        wait_for "kube-proxy" 60 "${IN_NODE[@]}" bash -c \
-            "kill -0 $! && curl -sf http://127.0.0.1:10256/healthz >/dev/null"
-    fi
-    publish NODE_NAME "$node"
-    publish CRI_SOCKET "$DIR/cri.sock"
-    log "node $node ready"
-    serve_until_stopped
 }
 
 # supervise NAME CMD...: runs CMD, and again a second after each exit, as systemd's
@@ -216,7 +236,7 @@ relay_tcp() {
 teardown() {
     local kc=("$KUBE_BIN_DIR/kubectl" --kubeconfig "$CP_DIR/admin.kubeconfig")
     # Drain first, so the kubelet tears every pod down through the runtime and CNI.
-    if [ -n "${NODE:-}" ] && [ ${#PIDS[@]} -eq 3 ] && kill -0 "${PIDS[2]}" 2>/dev/null; then
+    if [ -n "${NODE:-}" ] && [ -n "${KUBELET_SUPERVISOR:-}" ] && kill -0 "$KUBELET_SUPERVISOR" 2>/dev/null; then
         # Cordon first, or controllers put replacement pods right back on this node.
         "${kc[@]}" cordon "$NODE" >/dev/null 2>&1 || true
         "${kc[@]}" delete pods -A --field-selector "spec.nodeName=$NODE" --wait=false >/dev/null 2>&1 || true

@@ -4,6 +4,11 @@
 //! `hack/bench-cri.sh` to measure runtime-shim and containerd the same way.
 //!
 //!   cri-bench --socket PATH --image IMAGE [--count N] [--log-dir DIR]
+//!   cri-bench --socket PATH --image IMAGE --hold N --ready-file F [--log-dir DIR]
+//!
+//! `--hold` instead starts N pods (sandbox + one `sleep` container each), creates F once
+//! all run, waits until F is removed (the caller measures memory meanwhile), then stops
+//! and removes them.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -45,19 +50,12 @@ async fn main() -> anyhow::Result<()> {
             r.into_inner()
         }};
     }
+    if let Some(n) = arg("--hold") {
+        let ready = arg("--ready-file").ok_or_else(|| anyhow::anyhow!("--hold needs --ready-file F"))?;
+        return hold(&mut rt, &image, &log_dir, n.parse()?, std::path::Path::new(&ready)).await;
+    }
     for i in 0..count {
-        let pod = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: format!("bench-{i}"),
-                namespace: "bench".into(),
-                uid: format!("bench-{}-{i}", std::process::id()),
-                attempt: 0,
-            }),
-            hostname: format!("bench-{i}"),
-            log_directory: format!("{log_dir}/{i}"),
-            linux: Some(LinuxPodSandboxConfig::default()),
-            ..Default::default()
-        };
+        let pod = pod_config(i, &log_dir);
         let sandbox = timed!(
             "RunPodSandbox",
             rt.run_pod_sandbox(RunPodSandboxRequest {
@@ -70,20 +68,7 @@ async fn main() -> anyhow::Result<()> {
             "CreateContainer",
             rt.create_container(CreateContainerRequest {
                 pod_sandbox_id: sandbox.clone(),
-                config: Some(ContainerConfig {
-                    metadata: Some(ContainerMetadata {
-                        name: "c".into(),
-                        attempt: 0,
-                    }),
-                    image: Some(ImageSpec {
-                        image: image.clone(),
-                        ..Default::default()
-                    }),
-                    command: vec!["sleep".into(), "3600".into()],
-                    log_path: "c.log".into(),
-                    linux: Some(LinuxContainerConfig::default()),
-                    ..Default::default()
-                }),
+                config: Some(container_config(&image)),
                 sandbox_config: Some(pod.clone()),
             })
         )
@@ -126,9 +111,93 @@ async fn main() -> anyhow::Result<()> {
         let p = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
         out.insert(
             name.to_string(),
-            serde_json::json!({"p50_ms": p(0.5), "p90_ms": p(0.9), "n": v.len()}),
+            serde_json::json!({"p50_ms": p(0.5), "p90_ms": p(0.9), "p95_ms": p(0.95), "n": v.len()}),
         );
     }
     println!("{}", serde_json::Value::Object(out));
+    Ok(())
+}
+
+fn pod_config(i: usize, log_dir: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("bench-{i}"),
+            namespace: "bench".into(),
+            uid: format!("bench-{}-{i}", std::process::id()),
+            attempt: 0,
+        }),
+        hostname: format!("bench-{i}"),
+        log_directory: format!("{log_dir}/{i}"),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn container_config(image: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "3600".into()],
+        log_path: "c.log".into(),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+type Runtime = runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// `n` running pods until `ready` is removed; then none.
+async fn hold(
+    rt: &mut Runtime,
+    image: &str,
+    log_dir: &str,
+    n: usize,
+    ready: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut sandboxes = Vec::new();
+    for i in 0..n {
+        let pod = pod_config(i, log_dir);
+        let sandbox = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        sandboxes.push(sandbox.clone());
+        let container = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox,
+                config: Some(container_config(image)),
+                sandbox_config: Some(pod),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        rt.start_container(StartContainerRequest {
+            container_id: container,
+        })
+        .await?;
+    }
+    std::fs::write(ready, "")?;
+    while ready.exists() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for id in sandboxes {
+        // Stopping the sandbox stops its containers; removing it removes them.
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await?;
+    }
     Ok(())
 }

@@ -1,0 +1,131 @@
+# Measurements the hack/bench*.sh scripts share. Source it after lib.sh. The pod
+# functions need KC (the kubectl command as an array), WORK (a scratch dir), PODS,
+# WEB_PODS, IMAGE and WEB_IMAGE; they measure through the API server, so both stacks
+# pay the same client overhead.
+
+# pod_manifest NAME NODE [PHASE]: a busybox pod sleeping on NODE, labelled bench=NODE and
+# phase=PHASE (so one phase's pods can be listed and deleted together).
+pod_manifest() {
+    cat <<EOF
+{"apiVersion":"v1","kind":"Pod","metadata":{"name":"$1","namespace":"default","labels":{"bench":"$2","phase":"${3:-seq}"}},
+ "spec":{"nodeName":"$2","terminationGracePeriodSeconds":0,
+  "containers":[{"name":"c","image":"$IMAGE","command":["sleep","3600"]}]}}
+EOF
+}
+
+# web_manifest NAME NODE: a web server pod on NODE.
+web_manifest() {
+    cat <<EOF
+{"apiVersion":"v1","kind":"Pod","metadata":{"name":"$1","namespace":"default","labels":{"bench":"$2","phase":"web"}},
+ "spec":{"nodeName":"$2","terminationGracePeriodSeconds":0,
+  "containers":[{"name":"web","image":"$WEB_IMAGE"}]}}
+EOF
+}
+
+pod_ready() {
+    [ "$("${KC[@]}" get pod "$1" -o jsonpath='{.status.phase}/{.status.containerStatuses[0].ready}' 2>/dev/null)" = "Running/true" ]
+}
+
+# startup NODE: creates $PODS pods one after another; prints one latency in ms per pod.
+startup() {
+    local node="$1" i t0 t1
+    # Warm-up pod: pulls the image, so every measured pod finds it present. It stays, as
+    # the client of the connectivity measurement.
+    pod_manifest "warm-$node" "$node" warm | "${KC[@]}" apply -f - >/dev/null
+    wait_for "warm-up pod on $node" 120 pod_ready "warm-$node"
+    for i in $(seq 1 "$PODS"); do
+        t0=$(date +%s%N)
+        pod_manifest "p$i-$node" "$node" | "${KC[@]}" apply -f - >/dev/null
+        until pod_ready "p$i-$node"; do sleep 0.05; done
+        t1=$(date +%s%N)
+        echo $(((t1 - t0) / 1000000))
+    done
+}
+
+# startup_concurrent NODE: creates $PODS pods in one apply; prints one latency in ms per pod.
+startup_concurrent() {
+    local node="$1" i t0 now name state
+    local -A seen=()
+    {
+        echo '{"apiVersion":"v1","kind":"List","items":['
+        for i in $(seq 1 "$PODS"); do
+            [ "$i" = 1 ] || echo ,
+            pod_manifest "c$i-$node" "$node" conc
+        done
+        echo ']}'
+    } >"$WORK/conc-$node.json"
+    t0=$(date +%s%N)
+    "${KC[@]}" apply -f "$WORK/conc-$node.json" >/dev/null
+    while [ ${#seen[@]} -lt "$PODS" ]; do
+        [ $((($(date +%s%N) - t0) / 1000000000)) -lt 300 ] || die "$node: pods not Ready 300 s after creation"
+        while read -r name state; do
+            now=$(date +%s%N)
+            if [ "$state" = Running/true ] && [ -z "${seen[$name]:-}" ]; then
+                seen[$name]=1
+                echo $(((now - t0) / 1000000))
+            fi
+        done < <("${KC[@]}" get pods -l "bench=$node,phase=conc" -o \
+            jsonpath='{range .items[*]}{.metadata.name} {.status.phase}/{.status.containerStatuses[0].ready}{"\n"}{end}')
+        sleep 0.05
+    done
+}
+
+# delete_phase NODE PHASE: deletes that phase's pods and waits until they are gone.
+delete_phase() {
+    "${KC[@]}" delete pods -l "bench=$1,phase=$2" --wait=false >/dev/null
+    wait_for "$1's $2 pods to go" 180 phase_gone "$1" "$2"
+}
+phase_gone() { [ -z "$("${KC[@]}" get pods -l "bench=$1,phase=$2" -o name)" ]; }
+
+# netns_of_ip IP: the named network namespace whose interfaces hold IP.
+netns_of_ip() {
+    local ns
+    for ns in $(ip netns list | awk '{print $1}'); do
+        ip -n "$ns" -4 -o addr show 2>/dev/null | grep -q " $1/" && { echo "$ns"; return; }
+    done
+    die "no network namespace holds $1"
+}
+
+# connectivity NODE: per web pod, the ms from its apply until the warm-up pod on NODE gets
+# an HTTP answer from it.
+connectivity() {
+    local node="$1" client i t0 ip
+    client="$(netns_of_ip "$("${KC[@]}" get pod "warm-$node" -o jsonpath='{.status.podIP}')")"
+    # The web image, pulled before measuring.
+    web_manifest "webwarm-$node" "$node" | "${KC[@]}" apply -f - >/dev/null
+    wait_for "web warm-up pod on $node" 120 pod_ready "webwarm-$node"
+    for i in $(seq 1 "$WEB_PODS"); do
+        t0=$(date +%s%N)
+        web_manifest "w$i-$node" "$node" | "${KC[@]}" apply -f - >/dev/null
+        ip=""
+        until [ -n "$ip" ]; do
+            ip="$("${KC[@]}" get pod "w$i-$node" -o jsonpath='{.status.podIP}')"
+            [ -n "$ip" ] || sleep 0.02
+        done
+        until ip netns exec "$client" curl -s -m 1 -o /dev/null "http://$ip/"; do sleep 0.02; done
+        echo $((($(date +%s%N) - t0) / 1000000))
+    done
+}
+
+percentile() { sort -n | awk -v q="$1" '{a[NR]=$1} END {i=int((NR-1)*q+0.5)+1; print a[i]}'; }
+
+# pss_kb PID...: summed proportional set size.
+pss_kb() {
+    local pid total=0 v
+    for pid in "$@"; do
+        v=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# row LABEL KIND: p50/p90/p99 of one measurement for both nodes, with the ratio.
+row() {
+    local label="$1" kind="$2" q u o
+    for q in 0.5 0.9 0.99; do
+        u=$(percentile "$q" <"$WORK/upstream.$kind")
+        o=$(percentile "$q" <"$WORK/ours.$kind")
+        printf '%-42s %9s ms %9s ms %7.2fx\n' "$label p$(awk -v q="$q" 'BEGIN{print q*100}')" "$u" "$o" \
+            "$(awk -v a="$o" -v b="$u" 'BEGIN{print a/b}')"
+    done
+}
