@@ -2,8 +2,9 @@
 //! pod UID ([`worker`]), each an explicit state machine over the CRI runtime.
 
 pub mod env;
-mod events;
+pub(crate) mod events;
 pub mod fieldpath;
+mod lifecycle;
 mod pull_secrets;
 pub mod sources;
 mod spec;

@@ -1,0 +1,458 @@
+//! Probes and lifecycle hooks of our kubelet on containerd 1.6, against the real 1.20.2
+//! control plane: readiness flipping Ready/ContainersReady both ways, liveness kills
+//! and restarts, httpGet/tcpSocket probes against a real web server and closed ports,
+//! startup probes gating started/ready, postStart and preStop hooks, and deletion that
+//! writes the final status and KILLs at the grace deadline.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use node_tests::fixture::kube_bin;
+use node_tests::kubelet::{PodNode, condition};
+use serde_json::{Value, json};
+
+const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
+/// busybox httpd serving /usr/share/nginx/html on :80.
+const WEB: &str = "registry.k8s.io/e2e-test-images/nginx:1.14-2";
+
+/// A host directory the test's pods mount at /data, to steer exec probes (a file
+/// there or not) and to read what hooks wrote. Removed with the node's dirs.
+fn host_dir(t: &PodNode) -> PathBuf {
+    let dir = t.node.base.join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn data_volume(dir: &PathBuf) -> Value {
+    json!([{"name": "data", "hostPath": {"path": dir, "type": "Directory"}}])
+}
+
+fn data_mount() -> Value {
+    json!([{"name": "data", "mountPath": "/data"}])
+}
+
+/// A 1 s period exec probe of `cmd` with the given thresholds.
+fn exec_probe(cmd: &[&str], success: u32, failure: u32) -> Value {
+    json!({"exec": {"command": cmd}, "periodSeconds": 1, "timeoutSeconds": 1,
+           "successThreshold": success, "failureThreshold": failure})
+}
+
+fn status_of<'a>(pod: &'a Value, container: &str) -> &'a Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+        .unwrap_or(&Value::Null)
+}
+
+fn running(pod: &Value, container: &str) -> bool {
+    status_of(pod, container)["state"].get("running").is_some()
+}
+
+/// An event as (reason, type, message).
+fn triple(e: &Value) -> (String, String, String) {
+    let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+    (s("reason"), s("type"), s("message"))
+}
+
+/// The events about pod `name`.
+fn events(t: &PodNode, name: &str) -> Vec<(String, String, String)> {
+    let selector = format!("involvedObject.name={name}");
+    let events = t.events(&selector).expect("listing events");
+    events.iter().map(triple).collect()
+}
+
+/// Waits for an event of pod `name` with `reason` whose message satisfies `f`.
+fn wait_event(
+    t: &mut PodNode,
+    name: &str,
+    reason: &str,
+    f: impl Fn(&str) -> bool,
+) -> (String, String, String) {
+    let selector = format!("involvedObject.name={name},reason={reason}");
+    let event = t.wait_event(&selector, &format!("{reason} event"), |e| {
+        f(e["message"].as_str().unwrap_or_default())
+    });
+    triple(&event)
+}
+
+/// `kubectl get pod -w -o json` for the life of the value: every version of the pod
+/// the API server showed, to see the status written just before the object went.
+struct PodWatch {
+    child: Child,
+    out: PathBuf,
+}
+
+impl PodWatch {
+    fn start(t: &PodNode, name: &str) -> PodWatch {
+        let out = t.node.base.join(format!("watch-{name}.json"));
+        let child = Command::new(kube_bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(t.cp().kubeconfig())
+            .args(["get", "pod", "-n", &t.ns.name, name, "-w", "-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning kubectl get -w");
+        PodWatch { child, out }
+    }
+
+    /// Every version seen so far, oldest first.
+    fn versions(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+            .collect()
+    }
+}
+
+impl Drop for PodWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deletes pod `name` with its own grace period; returns how long until it was gone.
+fn delete_and_time(t: &mut PodNode, name: &str) -> Duration {
+    let started = Instant::now();
+    t.delete_pod_with(name, &[]);
+    started.elapsed()
+}
+
+#[test]
+fn readiness_exec_probe_flips_ready_both_ways() {
+    let mut t = PodNode::start("kpr-ready");
+    let dir = host_dir(&t);
+    t.create_pod(
+        "ready",
+        json!({
+            "volumes": data_volume(&dir),
+            "containers": [
+                {"name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "volumeMounts": data_mount(),
+                 "readinessProbe": exec_probe(&["cat", "/data/ready"], 1, 1)},
+                // No probe: ready as soon as it runs.
+                {"name": "plain", "image": BUSYBOX, "command": ["sleep", "3600"]},
+            ],
+        }),
+    );
+    let pod = t.wait_pod("ready", "containers running", |p| {
+        running(p, "app") && running(p, "plain")
+    });
+    // Not ready until the first success, however long that takes.
+    std::thread::sleep(Duration::from_secs(3));
+    let pod2 = t.pod("ready");
+    for p in [&pod, &pod2] {
+        let app = status_of(p, "app");
+        assert_eq!(app["ready"], false, "{app}");
+        assert_eq!(app["started"], true, "no startup probe: {app}");
+        assert_eq!(status_of(p, "plain")["ready"], true, "{p}");
+        for c in ["Ready", "ContainersReady"] {
+            let cond = condition(p, c);
+            assert_eq!(cond["status"], "False", "{cond}");
+            assert_eq!(cond["reason"], "ContainersNotReady", "{cond}");
+            assert_eq!(
+                cond["message"], "containers with unready status: [app]",
+                "{cond}"
+            );
+        }
+    }
+    let (_, type_, message) = wait_event(&mut t, "ready", "Unhealthy", |m| {
+        m.starts_with("Readiness probe failed: ")
+    });
+    assert_eq!(type_, "Warning");
+    assert!(
+        message.contains("can't open '/data/ready'"),
+        "the probe's output: {message}"
+    );
+
+    std::fs::write(dir.join("ready"), "yes").unwrap();
+    let pod = t.wait_pod("ready", "Ready True", |p| {
+        condition(p, "Ready")["status"] == "True"
+    });
+    assert_eq!(condition(&pod, "ContainersReady")["status"], "True");
+    assert_eq!(status_of(&pod, "app")["ready"], true);
+    assert_eq!(status_of(&pod, "app")["restartCount"], 0);
+
+    std::fs::remove_file(dir.join("ready")).unwrap();
+    let pod = t.wait_pod("ready", "Ready False again", |p| {
+        condition(p, "Ready")["status"] == "False"
+    });
+    assert_eq!(condition(&pod, "ContainersReady")["status"], "False");
+    assert_eq!(status_of(&pod, "app")["ready"], false);
+    // Readiness never restarts anything.
+    assert_eq!(status_of(&pod, "app")["restartCount"], 0);
+    assert!(running(&pod, "app"), "{pod}");
+    t.delete_pod("ready");
+}
+
+#[test]
+fn failing_liveness_probe_restarts_the_container() {
+    let mut t = PodNode::start("kpr-live");
+    t.create_pod(
+        "live",
+        json!({
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
+                "livenessProbe": exec_probe(&["sh", "-c", "echo not alive; exit 1"], 1, 2),
+            }],
+        }),
+    );
+    let first = t.wait_pod("live", "app running", |p| running(p, "app"));
+    let first_id = status_of(&first, "app")["containerID"].clone();
+    let pod = t.wait_pod("live", "app restarted", |p| {
+        status_of(p, "app")["restartCount"].as_i64() >= Some(1) && running(p, "app")
+    });
+    let app = status_of(&pod, "app");
+    assert_ne!(app["containerID"], first_id, "a new container: {app}");
+    // sleep as PID 1 ignores TERM: KILLed at the 2 s deadline.
+    let last = &app["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 137, "{app}");
+    assert_eq!(last["containerID"], first_id, "{app}");
+
+    let (_, type_, _) = wait_event(&mut t, "live", "Killing", |m| {
+        m == "Container app failed liveness probe, will be restarted"
+    });
+    assert_eq!(type_, "Normal");
+    let (_, type_, message) = wait_event(&mut t, "live", "Unhealthy", |m| {
+        m.starts_with("Liveness probe failed:")
+    });
+    assert_eq!(type_, "Warning");
+    assert_eq!(message.trim_end(), "Liveness probe failed: not alive");
+    // The kill is not a crash: the restart comes at once, not after back-off, and
+    // the next kill follows the next two failures.
+    let pod = t.wait_pod("live", "second restart", |p| {
+        status_of(p, "app")["restartCount"].as_i64() >= Some(2)
+    });
+    assert!(
+        events(&t, "live").iter().all(|(r, _, _)| r != "BackOff"),
+        "no back-off for liveness kills: {:?}\n{pod}",
+        events(&t, "live")
+    );
+    t.delete_pod("live");
+}
+
+#[test]
+fn http_and_tcp_probes_pass_on_the_web_server_and_fail_on_closed_ports() {
+    let mut t = PodNode::start("kpr-net");
+    let probe = |handler: Value| {
+        let mut p = json!({"periodSeconds": 1, "failureThreshold": 1});
+        for (k, v) in handler.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    t.create_pod(
+        "web",
+        json!({
+            "containers": [
+                {"name": "web", "image": WEB, "ports": [{"name": "http", "containerPort": 80}],
+                 "readinessProbe": probe(json!({"httpGet": {"port": "http", "path": "/index.html",
+                    "httpHeaders": [{"name": "X-Probe", "value": "1"}]}})),
+                 "livenessProbe": probe(json!({"tcpSocket": {"port": 80}}))},
+                // Same network namespace: these probe the web server's neighbours.
+                {"name": "closed-http", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "readinessProbe": probe(json!({"httpGet": {"port": 81, "path": "/"}}))},
+                {"name": "closed-tcp", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "readinessProbe": probe(json!({"tcpSocket": {"port": 82}}))},
+                {"name": "not-found", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "readinessProbe": probe(json!({"httpGet": {"port": 80, "path": "/missing"}}))},
+            ],
+        }),
+    );
+    let pod = t.wait_pod("web", "web ready", |p| status_of(p, "web")["ready"] == true);
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    for c in ["closed-http", "closed-tcp", "not-found"] {
+        assert!(running(&pod, c), "{pod}");
+        assert_eq!(status_of(&pod, c)["ready"], false, "{c}: {pod}");
+    }
+    assert_eq!(
+        condition(&pod, "Ready")["message"],
+        "containers with unready status: [closed-http closed-tcp not-found]"
+    );
+    let expect = [
+        format!(
+            "Readiness probe failed: Get \"http://{ip}:81/\": dial tcp {ip}:81: connect: connection refused"
+        ),
+        format!("Readiness probe failed: dial tcp {ip}:82: connect: connection refused"),
+        "Readiness probe failed: HTTP probe failed with statuscode: 404".to_string(),
+    ];
+    for message in &expect {
+        wait_event(&mut t, "web", "Unhealthy", |m| m == message);
+    }
+    // The passing probes stay passing: nothing restarted, web never unready.
+    std::thread::sleep(Duration::from_secs(3));
+    let pod = t.pod("web");
+    let web = status_of(&pod, "web");
+    assert_eq!(web["ready"], true, "{web}");
+    assert_eq!(web["restartCount"], 0, "{web}");
+    let web_failures: Vec<_> = events(&t, "web")
+        .into_iter()
+        .filter(|(r, _, m)| r == "Unhealthy" && !expect.contains(m))
+        .collect();
+    assert!(web_failures.is_empty(), "{web_failures:?}");
+    t.delete_pod("web");
+}
+
+#[test]
+fn startup_probe_holds_started_and_ready_until_it_passes() {
+    let mut t = PodNode::start("kpr-start");
+    let dir = host_dir(&t);
+    t.create_pod(
+        "slow",
+        json!({
+            "volumes": data_volume(&dir),
+            "containers": [{
+                "name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
+                "volumeMounts": data_mount(),
+                "startupProbe": exec_probe(&["cat", "/data/started"], 1, 120),
+                // Would kill the container if it ran before the startup probe passed.
+                "livenessProbe": exec_probe(&["false"], 1, 1),
+            }],
+        }),
+    );
+    t.wait_pod("slow", "app running", |p| running(p, "app"));
+    std::thread::sleep(Duration::from_secs(4));
+    let pod = t.pod("slow");
+    let app = status_of(&pod, "app");
+    assert_eq!(app["started"], false, "{app}");
+    assert_eq!(app["ready"], false, "{app}");
+    assert_eq!(app["restartCount"], 0, "liveness is gated: {app}");
+    assert_eq!(condition(&pod, "ContainersReady")["status"], "False");
+    assert!(
+        events(&t, "slow")
+            .iter()
+            .all(|(_, _, m)| !m.starts_with("Liveness probe")),
+        "liveness did not run before start: {:?}",
+        events(&t, "slow")
+    );
+
+    std::fs::write(dir.join("started"), "yes").unwrap();
+    let pod = t.wait_pod("slow", "app started", |p| {
+        status_of(p, "app")["started"] == true
+    });
+    assert_eq!(
+        status_of(&pod, "app")["ready"],
+        true,
+        "no readiness probe: {pod}"
+    );
+    assert_eq!(condition(&pod, "Ready")["status"], "True");
+    // Now liveness runs, fails and restarts it; the new container starts unstarted.
+    wait_event(&mut t, "slow", "Killing", |m| {
+        m == "Container app failed liveness probe, will be restarted"
+    });
+    t.wait_pod("slow", "app restarted", |p| {
+        status_of(p, "app")["restartCount"].as_i64() >= Some(1) && running(p, "app")
+    });
+    t.delete_pod("slow");
+}
+
+#[test]
+fn post_start_hooks_run_and_a_failed_one_restarts_the_container() {
+    let mut t = PodNode::start("kpr-post");
+    let dir = host_dir(&t);
+    t.create_pod(
+        "hooks",
+        json!({
+            "volumes": data_volume(&dir),
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {"name": "ok", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "volumeMounts": data_mount(),
+                 "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo hello > /data/post"]}}}},
+                {"name": "bad", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo oops; exit 3"]}}}},
+            ],
+        }),
+    );
+    let uid = t.pod("hooks")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.wait_pod("hooks", "ok running", |p| running(p, "ok"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("post")).unwrap(),
+        "hello\n"
+    );
+    let ns = t.ns.name.clone();
+    let expected = format!(
+        "Exec lifecycle hook ([sh -c echo oops; exit 3]) for Container \"bad\" in Pod \"hooks_{ns}({uid})\" failed - error: command 'sh -c echo oops; exit 3' exited with 3: , message: \"oops\\n\""
+    );
+    let (_, type_, _) = wait_event(&mut t, "hooks", "FailedPostStartHook", |m| m == expected);
+    assert_eq!(type_, "Warning");
+    wait_event(&mut t, "hooks", "Killing", |m| m == "FailedPostStartHook");
+    let pod = t.wait_pod("hooks", "bad restarted", |p| {
+        status_of(p, "bad")["restartCount"].as_i64() >= Some(1)
+    });
+    assert_eq!(status_of(&pod, "ok")["restartCount"], 0, "{pod}");
+    t.delete_pod("hooks");
+}
+
+#[test]
+fn deletion_runs_pre_stop_kills_at_the_grace_deadline_and_writes_the_final_status() {
+    let mut t = PodNode::start("kpr-del");
+    let dir = host_dir(&t);
+    t.create_pod(
+        "stubborn",
+        json!({
+            "volumes": data_volume(&dir),
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                // PID 1 without a TERM handler: only KILL stops it.
+                "name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
+                "volumeMounts": data_mount(),
+                "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo stopping > /data/prestop; sleep 1"]}}},
+            }],
+        }),
+    );
+    t.create_pod(
+        "graceful",
+        json!({
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{
+                "name": "app", "image": BUSYBOX,
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"],
+            }],
+        }),
+    );
+    t.wait_pod("stubborn", "running", |p| running(p, "app"));
+    t.wait_pod("graceful", "running", |p| running(p, "app"));
+
+    let watch = PodWatch::start(&t, "stubborn");
+    let took = delete_and_time(&mut t, "stubborn");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("prestop")).unwrap(),
+        "stopping\n",
+        "preStop ran"
+    );
+    // 5 s in all, the hook's second included: not the 30 s default, not at once.
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(15),
+        "deletion took {took:?}"
+    );
+    let versions = watch.versions();
+    let last = versions.last().expect("the watch saw the pod");
+    assert_eq!(last["status"]["phase"], "Failed", "{last}");
+    let app = status_of(last, "app");
+    assert_eq!(app["state"]["terminated"]["exitCode"], 137, "{app}");
+    assert_eq!(app["ready"], false, "{app}");
+    drop(watch);
+
+    let watch = PodWatch::start(&t, "graceful");
+    let took = delete_and_time(&mut t, "graceful");
+    assert!(took < Duration::from_secs(10), "TERM was enough: {took:?}");
+    let versions = watch.versions();
+    let last = versions.last().expect("the watch saw the pod");
+    assert_eq!(last["status"]["phase"], "Succeeded", "{last}");
+    let app = status_of(last, "app");
+    assert_eq!(app["state"]["terminated"]["exitCode"], 0, "{app}");
+    assert_eq!(app["state"]["terminated"]["reason"], "Completed", "{app}");
+    let (_, type_, _) = wait_event(&mut t, "graceful", "Killing", |m| {
+        m == "Stopping container app"
+    });
+    assert_eq!(type_, "Normal");
+}
