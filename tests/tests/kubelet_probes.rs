@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 /// busybox httpd serving /usr/share/nginx/html on :80.
 const WEB: &str = "registry.k8s.io/e2e-test-images/nginx:1.14-2";
+/// A container only KILL stops (the ignored TERM is inherited by sleep, too).
+const IGNORES_TERM: [&str; 3] = ["sh", "-c", "trap '' TERM; sleep 3600"];
 
 /// A host directory the test's pods mount at /data, to steer exec probes (a file
 /// there or not) and to read what hooks wrote. Removed with the node's dirs.
@@ -197,7 +199,7 @@ fn failing_liveness_probe_restarts_the_container() {
         json!({
             "terminationGracePeriodSeconds": 2,
             "containers": [{
-                "name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
+                "name": "app", "image": BUSYBOX, "command": IGNORES_TERM,
                 "livenessProbe": exec_probe(&["sh", "-c", "echo not alive; exit 1"], 1, 2),
             }],
         }),
@@ -209,7 +211,7 @@ fn failing_liveness_probe_restarts_the_container() {
     });
     let app = status_of(&pod, "app");
     assert_ne!(app["containerID"], first_id, "a new container: {app}");
-    // sleep as PID 1 ignores TERM: KILLed at the 2 s deadline.
+    // It ignores TERM: KILLed at the 2 s deadline.
     let last = &app["lastState"]["terminated"];
     assert_eq!(last["exitCode"], 137, "{app}");
     assert_eq!(last["containerID"], first_id, "{app}");
@@ -402,8 +404,7 @@ fn deletion_runs_pre_stop_kills_at_the_grace_deadline_and_writes_the_final_statu
             "volumes": data_volume(&dir),
             "terminationGracePeriodSeconds": 5,
             "containers": [{
-                // PID 1 without a TERM handler: only KILL stops it.
-                "name": "app", "image": BUSYBOX, "command": ["sleep", "3600"],
+                "name": "app", "image": BUSYBOX, "command": IGNORES_TERM,
                 "volumeMounts": data_mount(),
                 "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo stopping > /data/prestop; sleep 1"]}}},
             }],
