@@ -357,7 +357,18 @@ impl Worker {
                 message.push_str(", will be restarted");
                 self.restart_now.insert(u.name.clone());
             }
-            let grace = termination_grace_period(pod);
+            // A probe's own terminationGracePeriodSeconds (newer upstream) wins.
+            let probe_grace = pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .find(|c| c.name == u.name)
+                .and_then(|c| match u.kind {
+                    Kind::Startup => c.startup_probe.as_ref(),
+                    _ => c.liveness_probe.as_ref(),
+                })
+                .and_then(|p| p.termination_grace_period_seconds);
+            let grace = probe_grace.unwrap_or_else(|| termination_grace_period(pod));
             self.kill_container(
                 pod,
                 &sandbox.pod_ip,

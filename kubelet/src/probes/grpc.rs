@@ -118,3 +118,79 @@ fn deadline(secs: u64) -> Outcome {
         "timeout: health rpc did not complete within {secs}s"
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::task::{Context, Poll};
+
+    use futures::future::BoxFuture;
+    use tonic::transport::server::TcpIncoming;
+
+    /// A grpc.health.v1 server answering `serving` for "" and SERVICE_UNKNOWN for
+    /// any other service.
+    #[derive(Clone)]
+    struct Health;
+
+    impl tower::Service<http::Request<tonic::body::Body>> for Health {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            Box::pin(async move {
+                let check = tower::service_fn(|r: tonic::Request<HealthCheckRequest>| async move {
+                    let status = match r.get_ref().service.as_str() {
+                        "" => ServingStatus::Serving,
+                        "sick" => ServingStatus::NotServing,
+                        _ => ServingStatus::ServiceUnknown,
+                    };
+                    Ok::<_, tonic::Status>(tonic::Response::new(HealthCheckResponse {
+                        status: status as i32,
+                    }))
+                });
+                let codec =
+                    tonic_prost::ProstCodec::<HealthCheckResponse, HealthCheckRequest>::default();
+                Ok(tonic::server::Grpc::new(codec).unary(check, req).await)
+            })
+        }
+    }
+
+    impl tonic::server::NamedService for Health {
+        const NAME: &'static str = "grpc.health.v1.Health";
+    }
+
+    #[tokio::test]
+    async fn checks_read_the_serving_status() {
+        let incoming = TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = incoming.local_addr().unwrap().to_string();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(Health)
+                .serve_with_incoming(incoming),
+        );
+        let t = Duration::from_secs(2);
+        assert_eq!(check(&addr, "", t).await, Outcome::Success);
+        assert_eq!(
+            check(&addr, "sick", t).await,
+            Outcome::Failure("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        assert_eq!(
+            check(&addr, "other", t).await,
+            Outcome::Failure("service unhealthy (responded with \"SERVICE_UNKNOWN\")".into())
+        );
+        server.abort();
+        let _ = server.await;
+        match check(&addr, "", t).await {
+            Outcome::Failure(m) => {
+                assert!(m.starts_with("error: failed to connect service at"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
