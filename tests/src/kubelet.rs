@@ -220,8 +220,13 @@ pub struct PodNode {
 
 impl PodNode {
     pub fn start(tag: &str) -> PodNode {
+        Self::start_with_config(tag, "")
+    }
+
+    /// Like `start`, with `extra_config` (KubeletConfiguration YAML) in the config file.
+    pub fn start_with_config(tag: &str, extra_config: &str) -> PodNode {
         let cp = ControlPlane::shared();
-        let node = KubeletNode::new(cp, tag).unwrap();
+        let node = KubeletNode::with_config(cp, tag, extra_config).unwrap();
         let mounts = MountSweep(node.root_dir());
         let mut kubelet = Kubelet::start(&node, shared_containerd(), &[]).unwrap();
         kubelet.wait_node_ready(cp, &node.name, Duration::from_secs(60));

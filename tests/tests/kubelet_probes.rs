@@ -2,7 +2,8 @@
 //! control plane: readiness flipping Ready/ContainersReady both ways, liveness kills
 //! and restarts, httpGet/tcpSocket probes against a real web server and closed ports,
 //! startup probes gating started/ready, postStart and preStop hooks, and deletion that
-//! writes the final status and KILLs at the grace deadline.
+//! writes the final status and KILLs at the grace deadline; pods the node cannot
+//! take are refused at admission with upstream's reasons.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -456,4 +457,83 @@ fn deletion_runs_pre_stop_kills_at_the_grace_deadline_and_writes_the_final_statu
         m == "Stopping container app"
     });
     assert_eq!(type_, "Normal");
+}
+
+/// Waits until pod `name` is Failed by admission; returns its status.
+fn wait_rejected(t: &mut PodNode, name: &str) -> Value {
+    let pod = t.wait_pod(name, "pod rejected", |p| p["status"]["phase"] == "Failed");
+    assert!(
+        pod["status"]["containerStatuses"].is_null(),
+        "nothing ran: {pod}"
+    );
+    pod["status"].clone()
+}
+
+#[test]
+fn pods_the_node_cannot_take_fail_admission_with_upstream_reasons() {
+    let mut t = PodNode::start_with_config("kpr-admit", "maxPods: 2\n");
+    let sleeper = |extra: Value| {
+        let mut c = json!({"name": "app", "image": BUSYBOX, "command": ["sleep", "3600"]});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        json!({"containers": [c]})
+    };
+    t.create_pod(
+        "greedy",
+        sleeper(json!({"resources": {"requests": {"cpu": "100"}}})),
+    );
+    let status = wait_rejected(&mut t, "greedy");
+    assert_eq!(status["reason"], "OutOfcpu", "{status}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "Pod Node didn't have enough resource: cpu, requested: 100000, used: 0, capacity: "
+        ),
+        "{status}"
+    );
+    let (_, type_, event) = wait_event(&mut t, "greedy", "OutOfcpu", |_| true);
+    assert_eq!(type_, "Warning");
+    assert_eq!(format!("Pod {event}"), message);
+
+    let mut picky = sleeper(json!({}));
+    picky["nodeSelector"] = json!({"disktype": "nonexistent"});
+    t.create_pod("picky", picky);
+    let status = wait_rejected(&mut t, "picky");
+    assert_eq!(status["reason"], "NodeAffinity", "{status}");
+    assert_eq!(
+        status["message"], "Pod Predicate NodeAffinity failed",
+        "{status}"
+    );
+
+    let port = json!({"ports": [{"containerPort": 80, "hostPort": 31080}]});
+    t.create_pod("first", sleeper(port.clone()));
+    t.wait_pod("first", "first running", |p| running(p, "app"));
+    t.create_pod("second", sleeper(port));
+    let status = wait_rejected(&mut t, "second");
+    assert_eq!(status["reason"], "NodePorts", "{status}");
+    assert_eq!(
+        status["message"], "Pod Predicate NodePorts failed",
+        "{status}"
+    );
+
+    // Rejected pods hold nothing: "first" plus one more fit in maxPods 2, a third not.
+    t.create_pod("fits", sleeper(json!({})));
+    t.wait_pod("fits", "fits running", |p| running(p, "app"));
+    t.create_pod("crowd", sleeper(json!({})));
+    let status = wait_rejected(&mut t, "crowd");
+    assert_eq!(status["reason"], "OutOfpods", "{status}");
+    assert_eq!(
+        status["message"],
+        "Pod Node didn't have enough resource: pods, requested: 1, used: 2, capacity: 2",
+        "{status}"
+    );
+    // Refused for good: still Failed, still nothing started.
+    std::thread::sleep(Duration::from_secs(2));
+    let again = t.pod("crowd");
+    assert_eq!(again["status"]["phase"], "Failed");
+    assert!(again["status"]["containerStatuses"].is_null(), "{again}");
+    for name in ["greedy", "picky", "second", "crowd", "first", "fits"] {
+        t.delete_pod(name);
+    }
 }
