@@ -118,6 +118,29 @@ impl Drop for PodWatch {
     }
 }
 
+/// A local HTTP server answering 200 to every request; yields each request's head.
+fn record_requests() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Ends with the test process; it holds nothing else.
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            if tx
+                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    (port, rx)
+}
+
 /// Deletes pod `name` with its own grace period; returns how long until it was gone.
 fn delete_and_time(t: &mut PodNode, name: &str) -> Duration {
     let started = Instant::now();
@@ -369,6 +392,8 @@ fn post_start_hooks_run_and_a_failed_one_restarts_the_container() {
                  "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo hello > /data/post"]}}}},
                 {"name": "bad", "image": BUSYBOX, "command": ["sleep", "3600"],
                  "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo oops; exit 3"]}}}},
+                {"name": "http-bad", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "lifecycle": {"postStart": {"httpGet": {"port": 81, "path": "/hook"}}}},
             ],
         }),
     );
@@ -388,6 +413,14 @@ fn post_start_hooks_run_and_a_failed_one_restarts_the_container() {
     let (_, type_, _) = wait_event(&mut t, "hooks", "FailedPostStartHook", |m| m == expected);
     assert_eq!(type_, "Warning");
     wait_event(&mut t, "hooks", "Killing", |m| m == "FailedPostStartHook");
+    let ip = t.pod("hooks")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expected = format!(
+        "Http lifecycle hook (/hook) for Container \"http-bad\" in Pod \"hooks_{ns}({uid})\" failed - error: Get \"http://{ip}:81/hook\": dial tcp {ip}:81: connect: connection refused, message: \"\""
+    );
+    wait_event(&mut t, "hooks", "FailedPostStartHook", |m| m == expected);
     let pod = t.wait_pod("hooks", "bad restarted", |p| {
         status_of(p, "bad")["restartCount"].as_i64() >= Some(1)
     });
@@ -411,6 +444,8 @@ fn deletion_runs_pre_stop_kills_at_the_grace_deadline_and_writes_the_final_statu
             }],
         }),
     );
+    // The kubelet runs on this host: its preStop GET can reach a server of ours.
+    let (hook_port, hook_requests) = record_requests();
     t.create_pod(
         "graceful",
         json!({
@@ -418,6 +453,7 @@ fn deletion_runs_pre_stop_kills_at_the_grace_deadline_and_writes_the_final_statu
             "containers": [{
                 "name": "app", "image": BUSYBOX,
                 "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"],
+                "lifecycle": {"preStop": {"httpGet": {"host": "127.0.0.1", "port": hook_port, "path": "/stop?pod=graceful"}}},
             }],
         }),
     );
@@ -447,6 +483,13 @@ fn deletion_runs_pre_stop_kills_at_the_grace_deadline_and_writes_the_final_statu
     let watch = PodWatch::start(&t, "graceful");
     let took = delete_and_time(&mut t, "graceful");
     assert!(took < Duration::from_secs(10), "TERM was enough: {took:?}");
+    let request = hook_requests
+        .recv_timeout(Duration::from_secs(1))
+        .expect("the preStop GET");
+    assert!(
+        request.starts_with("GET /stop?pod=graceful HTTP/1.1\r\n"),
+        "{request}"
+    );
     let versions = watch.versions();
     let last = versions.last().expect("the watch saw the pod");
     assert_eq!(last["status"]["phase"], "Succeeded", "{last}");
