@@ -194,6 +194,13 @@ fn readiness_exec_probe_flips_ready_both_ways() {
         message.contains("can't open '/data/ready'"),
         "the probe's output: {message}"
     );
+    // Every failed attempt counts, on one event object (upstream's correlator).
+    let selector = "involvedObject.name=ready,reason=Unhealthy";
+    let repeated = t.wait_event(selector, "Unhealthy counted", |e| {
+        e["count"].as_i64() >= Some(3)
+    });
+    assert_eq!(repeated["message"], message.as_str(), "{repeated}");
+    assert_eq!(t.events(selector).unwrap().len(), 1, "one object");
 
     std::fs::write(dir.join("ready"), "yes").unwrap();
     let pod = t.wait_pod("ready", "Ready True", |p| {
