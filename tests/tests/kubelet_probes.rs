@@ -294,18 +294,21 @@ fn http_and_tcp_probes_pass_on_the_web_server_and_fail_on_closed_ports() {
                  "readinessProbe": probe(json!({"tcpSocket": {"port": 82}}))},
                 {"name": "not-found", "image": BUSYBOX, "command": ["sleep", "3600"],
                  "readinessProbe": probe(json!({"httpGet": {"port": 80, "path": "/missing"}}))},
+                // An exec probe past its timeoutSeconds fails.
+                {"name": "slow-exec", "image": BUSYBOX, "command": ["sleep", "3600"],
+                 "readinessProbe": probe(json!({"exec": {"command": ["sleep", "5"]}, "timeoutSeconds": 1}))},
             ],
         }),
     );
     let pod = t.wait_pod("web", "web ready", |p| status_of(p, "web")["ready"] == true);
     let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
-    for c in ["closed-http", "closed-tcp", "not-found"] {
+    for c in ["closed-http", "closed-tcp", "not-found", "slow-exec"] {
         assert!(running(&pod, c), "{pod}");
         assert_eq!(status_of(&pod, c)["ready"], false, "{c}: {pod}");
     }
     assert_eq!(
         condition(&pod, "Ready")["message"],
-        "containers with unready status: [closed-http closed-tcp not-found]"
+        "containers with unready status: [closed-http closed-tcp not-found slow-exec]"
     );
     let expect = [
         format!(
@@ -313,6 +316,7 @@ fn http_and_tcp_probes_pass_on_the_web_server_and_fail_on_closed_ports() {
         ),
         format!("Readiness probe failed: dial tcp {ip}:82: connect: connection refused"),
         "Readiness probe failed: HTTP probe failed with statuscode: 404".to_string(),
+        "Readiness probe failed: command \"sleep 5\" timed out".to_string(),
     ];
     for message in &expect {
         wait_event(&mut t, "web", "Unhealthy", |m| m == message);
@@ -345,11 +349,22 @@ fn startup_probe_holds_started_and_ready_until_it_passes() {
                 "startupProbe": exec_probe(&["cat", "/data/started"], 1, 120),
                 // Would kill the container if it ran before the startup probe passed.
                 "livenessProbe": exec_probe(&["false"], 1, 1),
+            }, {
+                "name": "never", "image": BUSYBOX, "command": IGNORES_TERM,
+                "startupProbe": exec_probe(&["false"], 1, 2),
             }],
+            "terminationGracePeriodSeconds": 2,
         }),
     );
     t.wait_pod("slow", "app running", |p| running(p, "app"));
-    std::thread::sleep(Duration::from_secs(4));
+    // A startup probe that never passes kills its container past the threshold.
+    wait_event(&mut t, "slow", "Killing", |m| {
+        m == "Container never failed startup probe, will be restarted"
+    });
+    wait_event(&mut t, "slow", "Unhealthy", |m| {
+        m == "Startup probe failed: "
+    });
+    std::thread::sleep(Duration::from_secs(1));
     let pod = t.pod("slow");
     let app = status_of(&pod, "app");
     assert_eq!(app["started"], false, "{app}");
@@ -373,8 +388,11 @@ fn startup_probe_holds_started_and_ready_until_it_passes() {
         true,
         "no readiness probe: {pod}"
     );
-    assert_eq!(condition(&pod, "Ready")["status"], "True");
-    // Now liveness runs, fails and restarts it; the new container starts unstarted.
+    assert_eq!(
+        condition(&pod, "Ready")["message"],
+        "containers with unready status: [never]"
+    );
+    // Now liveness runs, fails and restarts it.
     wait_event(&mut t, "slow", "Killing", |m| {
         m == "Container app failed liveness probe, will be restarted"
     });
