@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use node_tests::fixture::kube_bin;
-use node_tests::kubelet::{PodNode, condition};
+use node_tests::kubelet::{Kubelet, PodNode, condition, shared_containerd};
 use serde_json::{Value, json};
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -604,4 +604,37 @@ fn pods_the_node_cannot_take_fail_admission_with_upstream_reasons() {
     for name in ["greedy", "picky", "second", "crowd", "first", "fits"] {
         t.delete_pod(name);
     }
+}
+
+#[test]
+fn a_running_pod_refused_after_a_kubelet_restart_is_killed() {
+    let mut t = PodNode::start("kpr-readmit");
+    let node = t.node.name.clone();
+    t.cp()
+        .kubectl(&["label", "node", &node, "kpr-role=a"])
+        .unwrap();
+    let uid = t.create_pod(
+        "picky",
+        json!({
+            "nodeSelector": {"kpr-role": "a"},
+            "containers": [{"name": "app", "image": BUSYBOX, "command": IGNORES_TERM}],
+        }),
+    );
+    t.wait_pod("picky", "running", |p| running(p, "app"));
+    let pod_dir = t.node.root_dir().join("pods").join(&uid);
+    assert!(pod_dir.exists());
+
+    // The node no longer matches; a restarted kubelet admits its pods again.
+    assert!(t.kubelet.stop(Duration::from_secs(10)), "kubelet stopped");
+    t.cp()
+        .kubectl(&["label", "node", &node, "kpr-role=b", "--overwrite"])
+        .unwrap();
+    t.kubelet = Kubelet::start(&t.node, shared_containerd(), &[]).unwrap();
+    let pod = t.wait_pod("picky", "refused", |p| p["status"]["phase"] == "Failed");
+    assert_eq!(pod["status"]["reason"], "NodeAffinity", "{pod}");
+    t.kubelet
+        .eventually("the refused pod removed", Duration::from_secs(30), || {
+            Ok((!pod_dir.exists()).then_some(()))
+        });
+    t.delete_pod("picky");
 }

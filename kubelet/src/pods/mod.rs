@@ -121,6 +121,12 @@ pub async fn run(ctx: PodContext, node_name: &str) {
                                 .collect();
                             if let Err(r) = admit(&ctx, node_name, &pod, &active).await {
                                 reject(&ctx, &pod, r).await;
+                                // Refused on a re-admission after a restart: what it
+                                // ran here is killed and removed, as upstream kills
+                                // rejected pods.
+                                if crate::volumes::pod_uids(&ctx.root_dir).contains(&uid) {
+                                    drop(spawn_worker(&ctx, uid.clone(), None));
+                                }
                                 rejected.insert(uid);
                                 continue;
                             }
