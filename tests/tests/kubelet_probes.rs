@@ -256,16 +256,28 @@ fn failing_liveness_probe_restarts_the_container() {
     });
     assert_eq!(type_, "Warning");
     assert_eq!(message.trim_end(), "Liveness probe failed: not alive");
-    // The kill is not a crash: the restart comes at once, not after back-off, and
-    // the next kill follows the next two failures.
+    // As upstream's doBackOff: the first two kills restart at once (no earlier exit,
+    // then a first one), the third waits out the 10 s back-off.
     let pod = t.wait_pod("live", "second restart", |p| {
         status_of(p, "app")["restartCount"].as_i64() >= Some(2)
     });
     assert!(
         events(&t, "live").iter().all(|(r, _, _)| r != "BackOff"),
-        "no back-off for liveness kills: {:?}\n{pod}",
+        "no back-off for the first two kills: {:?}\n{pod}",
         events(&t, "live")
     );
+    let pod = t.wait_pod("live", "back-off after the third kill", |p| {
+        status_of(p, "app")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let waiting = &status_of(&pod, "app")["state"]["waiting"];
+    assert!(
+        waiting["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("back-off 10s restarting failed container=app pod=live_"),
+        "{waiting}"
+    );
+    assert_eq!(status_of(&pod, "app")["restartCount"], 2, "{pod}");
     t.delete_pod("live");
 }
 

@@ -2,6 +2,7 @@
 //! pod UID ([`worker`]), each an explicit state machine over the CRI runtime.
 
 mod admission;
+mod backoff;
 pub mod env;
 pub(crate) mod events;
 pub mod fieldpath;

@@ -12,6 +12,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::backoff::{RestartBackoff, go_duration};
 use super::fieldpath::PodAddresses;
 use super::spec::{self, LABEL_CONTAINER_NAME, LABEL_POD_UID, PodIdentity};
 use super::status::{RuntimeView, StatusInputs, pod_status};
@@ -20,9 +21,6 @@ use crate::probes::handler::Target;
 use crate::probes::{ContainerHealth, Kind, PodProbes, RunningContainer};
 use crate::volumes::{self, PodVolumes};
 
-/// Restart backoff: 10 s doubling to 5 min, as upstream.
-const BACKOFF_START: Duration = Duration::from_secs(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const TICK: Duration = Duration::from_secs(1);
 /// Upstream's minimumGracePeriodInSeconds: every container gets at least this long
 /// between TERM and KILL, whatever is left after its preStop hook.
@@ -95,17 +93,13 @@ enum InitStep {
     Failed,
 }
 
-#[derive(Default)]
-struct Backoff {
-    delay: HashMap<String, Duration>,
-    until: HashMap<String, Instant>,
-}
-
 pub struct Worker {
     ctx: PodContext,
     rx: watch::Receiver<Option<Pod>>,
     phase: Phase,
-    backoff: Backoff,
+    backoff: RestartBackoff,
+    /// When each container's newest exited attempt finished (CRI nanoseconds).
+    exits: HashMap<String, i64>,
     volumes: PodVolumes,
     /// The last FailedMount message, so an unchanged failure is not re-reported.
     mount_error: Option<String>,
@@ -129,7 +123,8 @@ impl Worker {
             ctx,
             rx,
             phase: Phase::MountingVolumes(MountRetry::default()),
-            backoff: Backoff::default(),
+            backoff: RestartBackoff::default(),
+            exits: HashMap::new(),
             volumes,
             mount_error: None,
             waiting: HashMap::new(),
@@ -567,15 +562,29 @@ impl Worker {
         sandbox: &Sandbox,
         last: Option<&cri::ContainerStatus>,
     ) -> bool {
-        let killed_by_us = self.restart_now.remove(&c.name);
-        if next > 0 && !killed_by_us && !self.backoff_elapsed(&c.name, last) {
+        let exited = cri::ContainerState::ContainerExited as i32;
+        let this_exit = last.filter(|s| s.state == exited).map(|s| s.finished_at);
+        let previous_exit = match this_exit {
+            Some(t) => self.exits.insert(c.name.clone(), t),
+            None => self.exits.get(&c.name).copied(),
+        };
+        // upstream's doBackOff looks at the newest exited attempt as it was before the
+        // restart was decided: the one that just ended, or for a container this
+        // kubelet killed while it ran (liveness, startup), the one before it.
+        let since = if self.restart_now.contains(&c.name) {
+            previous_exit
+        } else {
+            this_exit
+        };
+        let finished =
+            since.map(|t| SystemTime::UNIX_EPOCH + Duration::from_nanos(t.max(0) as u64));
+        let waiting = finished
+            .filter(|_| next > 0)
+            .and_then(|f| self.backoff.check(&c.name, f, SystemTime::now()));
+        if let Some(delay) = waiting {
             let message = format!(
-                "back-off {}s restarting failed container={} pod={}_{}({})",
-                self.backoff
-                    .delay
-                    .get(&c.name)
-                    .map(Duration::as_secs)
-                    .unwrap_or(10),
+                "back-off {} restarting failed container={} pod={}_{}({})",
+                go_duration(delay),
                 c.name,
                 pod.metadata.name.as_deref().unwrap_or_default(),
                 pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -588,6 +597,7 @@ impl Worker {
         match self.start_container(pod, c, next, sandbox).await {
             Ok(()) => {
                 self.waiting.remove(&c.name);
+                self.restart_now.remove(&c.name);
                 true
             }
             Err((reason, message)) => {
@@ -618,34 +628,6 @@ impl Worker {
         };
         events::warn(&self.ctx.client, pod, event_reason, &event_message).await;
         self.waiting.insert(name.to_string(), entry);
-    }
-
-    /// Restart backoff after a container exited: 10 s doubling to 5 min, reset when the
-    /// container had run for 10 minutes.
-    fn backoff_elapsed(&mut self, name: &str, status: Option<&cri::ContainerStatus>) -> bool {
-        let now = Instant::now();
-        if let Some(until) = self.backoff.until.get(name) {
-            if now < *until {
-                return false;
-            }
-            self.backoff.until.remove(name);
-            return true;
-        }
-        let ran = status
-            .map(|s| Duration::from_nanos((s.finished_at - s.started_at).max(0) as u64))
-            .unwrap_or_default();
-        let delay = if ran > Duration::from_secs(600) {
-            BACKOFF_START
-        } else {
-            self.backoff
-                .delay
-                .get(name)
-                .map(|d| (*d * 2).min(BACKOFF_MAX))
-                .unwrap_or(BACKOFF_START)
-        };
-        self.backoff.delay.insert(name.to_string(), delay);
-        self.backoff.until.insert(name.to_string(), now + delay);
-        false
     }
 
     async fn start_container(
