@@ -5,6 +5,7 @@ pub mod config;
 pub mod cri;
 pub mod node;
 pub mod pods;
+pub mod probes;
 pub mod quantity;
 pub mod server;
 pub mod volumes;

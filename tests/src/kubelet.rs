@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
 use crate::control_plane::ControlPlane;
 use crate::fixture::{bin_path, terminate, try_eventually, unique_name};
@@ -206,3 +207,226 @@ pub fn kubelet_get(port: u16, path: &str, auth: KubeletAuth) -> Result<(u16, Str
 
 /// The shared containerd lives with the reference node's fixtures.
 pub use crate::reference_node::shared_containerd;
+
+/// Our kubelet on containerd with its node Ready, plus the guards that clean up
+/// whatever a failed test leaves (dropped in reverse order: namespace, kubelet,
+/// mounts, node dirs).
+pub struct PodNode {
+    pub ns: Namespace,
+    pub kubelet: Kubelet,
+    _mounts: MountSweep,
+    pub node: KubeletNode,
+}
+
+impl PodNode {
+    pub fn start(tag: &str) -> PodNode {
+        Self::start_with_config(tag, "")
+    }
+
+    /// Like `start`, with `extra_config` (KubeletConfiguration YAML) in the config file.
+    pub fn start_with_config(tag: &str, extra_config: &str) -> PodNode {
+        let cp = ControlPlane::shared();
+        let node = KubeletNode::with_config(cp, tag, extra_config).unwrap();
+        let mounts = MountSweep(node.root_dir());
+        let mut kubelet = Kubelet::start(&node, shared_containerd(), &[]).unwrap();
+        kubelet.wait_node_ready(cp, &node.name, Duration::from_secs(60));
+        let ns = Namespace::create(cp, tag);
+        PodNode {
+            ns,
+            kubelet,
+            _mounts: mounts,
+            node,
+        }
+    }
+
+    pub fn cp(&self) -> &'static ControlPlane {
+        ControlPlane::shared()
+    }
+
+    /// Creates `spec` as pod `name` bound to our node; returns its uid.
+    pub fn create_pod(&mut self, name: &str, spec: Value) -> String {
+        let mut spec = spec;
+        spec["nodeName"] = json!(self.node.name);
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.ns.name, "labels": {"app": "kpods", "tier": "test"}},
+            "spec": spec,
+        });
+        let cp = self.cp();
+        // The namespace's default ServiceAccount appears shortly after the namespace.
+        self.kubelet
+            .eventually("pod creation", Duration::from_secs(30), || {
+                Ok(cp.apply(&pod.to_string()).ok())
+            });
+        self.pod(name)["metadata"]["uid"]
+            .as_str()
+            .expect("pod uid")
+            .to_string()
+    }
+
+    /// Applies a v1 object of `kind` named `name` in the test's namespace; `body`
+    /// holds its other top-level fields (data, spec, ...).
+    pub fn put(&self, kind: &str, name: &str, body: Value) {
+        let mut object = body;
+        object["apiVersion"] = json!("v1");
+        object["kind"] = json!(kind);
+        object["metadata"] = json!({"name": name, "namespace": self.ns.name});
+        self.cp()
+            .apply(&object.to_string())
+            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e:#}"));
+    }
+
+    pub fn pod(&self, name: &str) -> Value {
+        let out = self
+            .cp()
+            .kubectl(&["get", "pod", "-n", &self.ns.name, name, "-o", "json"])
+            .expect("getting the pod");
+        serde_json::from_str(&out).expect("pod JSON")
+    }
+
+    /// Waits until `f` accepts the pod.
+    pub fn wait_pod(&mut self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let (cp, ns) = (self.cp(), self.ns.name.clone());
+        self.kubelet.eventually(what, Duration::from_secs(90), || {
+            let out = cp.kubectl(&["get", "pod", "-n", &ns, name, "-o", "json"])?;
+            let pod: Value = serde_json::from_str(&out)?;
+            Ok(f(&pod).then_some(pod))
+        })
+    }
+
+    /// What container `c` of the pod wrote to stdout (the CRI log file).
+    pub fn log(&self, pod: &Value, container: &str) -> String {
+        let path = format!(
+            "/var/log/pods/{}_{}_{}/{container}/0.log",
+            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+            pod["metadata"]["name"].as_str().unwrap_or_default(),
+            pod["metadata"]["uid"].as_str().unwrap_or_default(),
+        );
+        let raw = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // CRI log lines: "<time> <stream> <P|F> <text>".
+        raw.lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Deletes pod `name` with a 1 s grace period and waits until it is gone.
+    pub fn delete_pod(&mut self, name: &str) {
+        self.delete_pod_with(name, &["--grace-period=1"]);
+    }
+
+    /// Deletes pod `name` with `flags` added to `kubectl delete` and waits until the
+    /// object is gone.
+    pub fn delete_pod_with(&mut self, name: &str, flags: &[&str]) {
+        let mut args = vec!["delete", "pod", "-n", &self.ns.name, name, "--wait=false"];
+        args.extend_from_slice(flags);
+        self.cp().kubectl(&args).unwrap();
+        let (cp, ns) = (self.cp(), self.ns.name.clone());
+        self.kubelet
+            .eventually("pod deleted", Duration::from_secs(60), || {
+                let out = cp.kubectl(&["get", "pods", "-n", &ns, "-o", "name"])?;
+                Ok((!out.contains(&format!("pod/{name}"))).then_some(()))
+            });
+    }
+
+    /// The events of the test's namespace that match `field_selector`
+    /// (`reason=FailedMount`, `involvedObject.name=web`).
+    pub fn events(&self, field_selector: &str) -> Result<Vec<Value>> {
+        namespace_events(self.cp(), &self.ns.name, field_selector)
+    }
+
+    /// Waits for an event matching `field_selector` that `f` accepts; returns it.
+    pub fn wait_event(
+        &mut self,
+        field_selector: &str,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let (cp, ns) = (self.cp(), self.ns.name.clone());
+        self.kubelet.eventually(what, Duration::from_secs(60), || {
+            let events = namespace_events(cp, &ns, field_selector)?;
+            Ok(events.into_iter().find(|e| f(e)))
+        })
+    }
+}
+
+fn namespace_events(cp: &ControlPlane, ns: &str, field_selector: &str) -> Result<Vec<Value>> {
+    let out = cp.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        field_selector,
+        "-o",
+        "json",
+    ])?;
+    let list: Value = serde_json::from_str(&out).context("events JSON")?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// A namespace of its own per test; deleting it (with our kubelet still running)
+/// takes the pods, ConfigMaps, Secrets and Services with it.
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn create(cp: &ControlPlane, tag: &str) -> Namespace {
+        let name = unique_name(tag);
+        cp.kubectl(&["create", "namespace", &name]).unwrap();
+        Namespace { name }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let cp = ControlPlane::shared();
+        let _ = cp.kubectl(&[
+            "delete",
+            "pods",
+            "--all",
+            "-n",
+            &self.name,
+            "--grace-period=1",
+            "--timeout=60s",
+        ]);
+        let _ = cp.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// Unmounts anything left mounted under the kubelet's root dir (tmpfs volumes of a
+/// pod a failed test did not delete), so the node's dirs can be removed.
+pub struct MountSweep(pub PathBuf);
+
+impl Drop for MountSweep {
+    fn drop(&mut self) {
+        for mount in mounts_under(&self.0) {
+            if let Ok(c) = std::ffi::CString::new(mount) {
+                // SAFETY: a valid NUL-terminated path; MNT_DETACH has no other inputs.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+/// Mount points at or below `root`, deepest first.
+pub fn mounts_under(root: &Path) -> Vec<String> {
+    let root = root.to_string_lossy().into_owned();
+    let mut found: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&root))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    found
+}
+
+/// The pod's condition of `type_` (Null if absent).
+pub fn condition<'a>(pod: &'a Value, type_: &str) -> &'a Value {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}

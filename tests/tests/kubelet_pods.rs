@@ -3,206 +3,21 @@
 //! projected `kube-api-access-*` token that the apiserver must accept), env
 //! resolution, init containers, and volume teardown when the pod goes away.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
-use node_tests::control_plane::{ControlPlane, kubectl_stdin};
-use node_tests::fixture::{try_eventually, unique_name};
-use node_tests::kubelet::{Kubelet, KubeletNode};
+use node_tests::control_plane::kubectl_stdin;
+use node_tests::fixture::try_eventually;
+use node_tests::kubelet::{Kubelet, PodNode as TestNode, condition, mounts_under};
 use node_tests::reference_node::shared_containerd as containerd;
 use serde_json::{Value, json};
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
-
-/// Our kubelet on containerd with its node Ready, plus the guards that clean up
-/// whatever a failed test leaves (dropped in reverse order: namespace, kubelet,
-/// mounts, node dirs).
-struct TestNode {
-    ns: Namespace,
-    kubelet: Kubelet,
-    _mounts: MountSweep,
-    node: KubeletNode,
-}
-
-impl TestNode {
-    fn start(tag: &str) -> TestNode {
-        let cp = ControlPlane::shared();
-        let node = KubeletNode::new(cp, tag).unwrap();
-        let mounts = MountSweep(node.root_dir());
-        let mut kubelet = Kubelet::start(&node, containerd(), &[]).unwrap();
-        kubelet.wait_node_ready(cp, &node.name, Duration::from_secs(60));
-        let ns = Namespace::create(cp, tag);
-        TestNode {
-            ns,
-            kubelet,
-            _mounts: mounts,
-            node,
-        }
-    }
-
-    fn cp(&self) -> &'static ControlPlane {
-        ControlPlane::shared()
-    }
-
-    /// Creates `spec` as pod `name` bound to our node; returns its uid.
-    fn create_pod(&mut self, name: &str, spec: Value) -> String {
-        let mut spec = spec;
-        spec["nodeName"] = json!(self.node.name);
-        let pod = json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": self.ns.name, "labels": {"app": "kpods", "tier": "test"}},
-            "spec": spec,
-        });
-        let cp = self.cp();
-        // The namespace's default ServiceAccount appears shortly after the namespace.
-        self.kubelet
-            .eventually("pod creation", Duration::from_secs(30), || {
-                Ok(cp.apply(&pod.to_string()).ok())
-            });
-        self.pod(name)["metadata"]["uid"]
-            .as_str()
-            .expect("pod uid")
-            .to_string()
-    }
-
-    /// Applies a v1 object of `kind` named `name` in the test's namespace; `body`
-    /// holds its other top-level fields (data, spec, ...).
-    fn put(&self, kind: &str, name: &str, body: Value) {
-        let mut object = body;
-        object["apiVersion"] = json!("v1");
-        object["kind"] = json!(kind);
-        object["metadata"] = json!({"name": name, "namespace": self.ns.name});
-        self.cp()
-            .apply(&object.to_string())
-            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e:#}"));
-    }
-
-    fn pod(&self, name: &str) -> Value {
-        let out = self
-            .cp()
-            .kubectl(&["get", "pod", "-n", &self.ns.name, name, "-o", "json"])
-            .expect("getting the pod");
-        serde_json::from_str(&out).expect("pod JSON")
-    }
-
-    /// Waits until `f` accepts the pod.
-    fn wait_pod(&mut self, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        let (cp, ns) = (self.cp(), self.ns.name.clone());
-        self.kubelet.eventually(what, Duration::from_secs(90), || {
-            let out = cp.kubectl(&["get", "pod", "-n", &ns, name, "-o", "json"])?;
-            let pod: Value = serde_json::from_str(&out)?;
-            Ok(f(&pod).then_some(pod))
-        })
-    }
-
-    /// What container `c` of the pod wrote to stdout (the CRI log file).
-    fn log(&self, pod: &Value, container: &str) -> String {
-        let path = format!(
-            "/var/log/pods/{}_{}_{}/{container}/0.log",
-            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
-            pod["metadata"]["name"].as_str().unwrap_or_default(),
-            pod["metadata"]["uid"].as_str().unwrap_or_default(),
-        );
-        let raw = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // CRI log lines: "<time> <stream> <P|F> <text>".
-        raw.lines()
-            .filter_map(|l| l.splitn(4, ' ').nth(3))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    fn delete_pod(&mut self, name: &str) {
-        self.cp()
-            .kubectl(&[
-                "delete",
-                "pod",
-                "-n",
-                &self.ns.name,
-                name,
-                "--grace-period=1",
-                "--wait=false",
-            ])
-            .unwrap();
-        let (cp, ns) = (self.cp(), self.ns.name.clone());
-        self.kubelet
-            .eventually("pod deleted", Duration::from_secs(60), || {
-                let out = cp.kubectl(&["get", "pods", "-n", &ns, "-o", "name"])?;
-                Ok((!out.contains(&format!("pod/{name}"))).then_some(()))
-            });
-    }
-}
-
-/// A namespace of its own per test; deleting it (with our kubelet still running)
-/// takes the pods, ConfigMaps, Secrets and Services with it.
-struct Namespace {
-    name: String,
-}
-
-impl Namespace {
-    fn create(cp: &ControlPlane, tag: &str) -> Namespace {
-        let name = unique_name(tag);
-        cp.kubectl(&["create", "namespace", &name]).unwrap();
-        Namespace { name }
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let cp = ControlPlane::shared();
-        let _ = cp.kubectl(&[
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            &self.name,
-            "--grace-period=1",
-            "--timeout=60s",
-        ]);
-        let _ = cp.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
-    }
-}
-
-/// Unmounts anything left mounted under the kubelet's root dir (tmpfs volumes of a
-/// pod a failed test did not delete), so the node's dirs can be removed.
-struct MountSweep(PathBuf);
-
-impl Drop for MountSweep {
-    fn drop(&mut self) {
-        for mount in mounts_under(&self.0) {
-            if let Ok(c) = std::ffi::CString::new(mount) {
-                // SAFETY: a valid NUL-terminated path; MNT_DETACH has no other inputs.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-    }
-}
-
-/// Mount points at or below `root`, deepest first.
-fn mounts_under(root: &Path) -> Vec<String> {
-    let root = root.to_string_lossy().into_owned();
-    let mut found: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&root))
-        .collect();
-    found.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    found
-}
 
 fn terminated(pod: &Value) -> bool {
     matches!(
         pod["status"]["phase"].as_str(),
         Some("Succeeded" | "Failed")
     )
-}
-
-fn condition<'a>(pod: &'a Value, type_: &str) -> &'a Value {
-    pod["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .unwrap_or(&Value::Null)
 }
 
 #[test]
@@ -561,23 +376,7 @@ fn a_missing_config_map_blocks_the_pod_with_failed_mount() {
                 "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}],
         }),
     );
-    let (cp, ns) = (t.cp(), t.ns.name.clone());
-    let event = t
-        .kubelet
-        .eventually("FailedMount event", Duration::from_secs(60), || {
-            let out = cp.kubectl(&[
-                "get",
-                "events",
-                "-n",
-                &ns,
-                "--field-selector",
-                "reason=FailedMount",
-                "-o",
-                "json",
-            ])?;
-            let v: Value = serde_json::from_str(&out).context("events JSON")?;
-            Ok(v["items"].as_array().and_then(|i| i.first()).cloned())
-        });
+    let event = t.wait_event("reason=FailedMount", "FailedMount event", |_| true);
     assert_eq!(
         event["message"],
         "MountVolume.SetUp failed for volume \"cfg\" : configmap \"does-not-exist\" not found",
@@ -602,8 +401,9 @@ fn a_missing_config_map_blocks_the_pod_with_failed_mount() {
 #[test]
 fn a_failed_init_container_is_restarted_after_back_off() {
     let mut t = TestNode::start("kp-initretry");
-    // Fails on its first run only (the marker survives in the pod's emptyDir).
-    let flaky = "if [ -f /w/ran ]; then exit 0; fi; touch /w/ran; exit 1";
+    // Fails on its first two runs (the count survives in the pod's emptyDir): the
+    // first restart is immediate, the second waits out the 10 s back-off, as upstream.
+    let flaky = "n=$(cat /w/n 2>/dev/null || echo 0); echo $((n + 1)) > /w/n; [ $n -ge 2 ]";
     t.create_pod(
         "retry",
         json!({
@@ -630,7 +430,7 @@ fn a_failed_init_container_is_restarted_after_back_off() {
         p["status"]["phase"] == "Running"
     });
     let flaky = &pod["status"]["initContainerStatuses"][0];
-    assert_eq!(flaky["restartCount"], 1, "{flaky}");
+    assert_eq!(flaky["restartCount"], 2, "{flaky}");
     assert_eq!(flaky["state"]["terminated"]["exitCode"], 0, "{flaky}");
     assert_eq!(condition(&pod, "Initialized")["status"], "True", "{pod}");
     t.delete_pod("retry");

@@ -1,11 +1,29 @@
 //! Events about a pod and its containers (Pulling, Pulled, Created, Started, Killing,
 //! FailedMount, BackOff, ...), as upstream's kubelet records them: source component
-//! `kubelet` on this host, involving the pod (and the container's field path).
+//! `kubelet` on this host, involving the pod (and the container's field path). A
+//! repeat of an event already recorded (same object, field path, type, reason and
+//! message) bumps its `count` and `lastTimestamp` instead of creating another, as
+//! upstream's event correlator does, so a probe failing every second is one event.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
+
+/// upstream's maxLruCacheEntries: past this many distinct events the cache starts over.
+const MAX_SEEN: usize = 4096;
+
+/// An event recorded before: its object name and count so far.
+#[derive(Clone)]
+struct Seen {
+    name: String,
+    count: i32,
+}
+
+static SEEN: LazyLock<Mutex<HashMap<String, Seen>>> = LazyLock::new(Default::default);
 
 /// Records a Warning event about the pod; failures are logged, never fatal (events are
 /// best effort upstream too).
@@ -50,11 +68,44 @@ async fn record(
         .unwrap_or_default();
     let now = chrono::Utc::now();
     let stamp = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
+    let key = [
+        node.as_str(),
+        &namespace,
+        &name,
+        field_path.unwrap_or_default(),
+        pod.metadata.uid.as_deref().unwrap_or_default(),
+        type_,
+        reason,
+        message,
+    ]
+    .join("\u{0}");
+    let seen = SEEN.lock().ok().and_then(|m| m.get(&key).cloned());
+    if let Some(seen) = seen {
+        let count = seen.count + 1;
+        let patch = json!({"count": count, "lastTimestamp": stamp});
+        match api
+            .patch(&seen.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {
+                remember(key, seen.name, count);
+                return;
+            }
+            // Expired (events live an hour): record it anew.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(error = %e, reason, "updating event failed");
+                return;
+            }
+        }
+    }
+    let event_name = format!("{name}.{:x}", now.timestamp_nanos_opt().unwrap_or_default());
     let event = json!({
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {
-            "name": format!("{name}.{:x}", now.timestamp_nanos_opt().unwrap_or_default()),
+            "name": event_name,
             "namespace": namespace,
         },
         "involvedObject": {
@@ -82,8 +133,17 @@ async fn record(
             return;
         }
     };
-    let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
-    if let Err(e) = api.create(&PostParams::default(), &event).await {
-        tracing::warn!(error = %e, reason, "recording event failed");
+    match api.create(&PostParams::default(), &event).await {
+        Ok(_) => remember(key, event_name, 1),
+        Err(e) => tracing::warn!(error = %e, reason, "recording event failed"),
+    }
+}
+
+fn remember(key: String, name: String, count: i32) {
+    if let Ok(mut seen) = SEEN.lock() {
+        if seen.len() >= MAX_SEEN && !seen.contains_key(&key) {
+            seen.clear();
+        }
+        seen.insert(key, Seen { name, count });
     }
 }

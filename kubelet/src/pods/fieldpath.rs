@@ -67,7 +67,8 @@ pub fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
     .unwrap_or_default()
 }
 
-fn go_quote(s: &str) -> String {
+/// A string as Go's %q prints it (events and hook messages quote with it).
+pub(crate) fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

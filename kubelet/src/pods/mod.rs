@@ -1,22 +1,26 @@
 //! Pods bound to this node: a watch on `spec.nodeName=<node>` feeding one worker per
 //! pod UID ([`worker`]), each an explicit state machine over the CRI runtime.
 
+mod admission;
+mod backoff;
 pub mod env;
-mod events;
+pub(crate) mod events;
 pub mod fieldpath;
+mod lifecycle;
 mod pull_secrets;
 pub mod sources;
 mod spec;
 mod status;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
@@ -81,6 +85,8 @@ pub async fn run(ctx: PodContext, node_name: &str) {
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
     let mut events = watcher(api, config).boxed();
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    // Pods refused at admission: Failed for good, never run.
+    let mut rejected: HashSet<String> = HashSet::new();
     let mut seen_in_relist: Vec<String> = vec![];
     while let Some(event) = events.next().await {
         let event = match event {
@@ -102,7 +108,30 @@ pub async fn run(ctx: PodContext, node_name: &str) {
                     Some(tx) => {
                         let _ = tx.send(Some(pod));
                     }
+                    None if rejected.contains(&uid) || never_ran(&pod) => {}
                     None => {
+                        if needs_admission(&pod) {
+                            let active: Vec<Pod> = ctx
+                                .view
+                                .pods()
+                                .into_iter()
+                                .filter(|p| {
+                                    let id = p.metadata.uid.as_deref().unwrap_or_default();
+                                    workers.contains_key(id) && !terminal(p)
+                                })
+                                .collect();
+                            if let Err(r) = admit(&ctx, node_name, &pod, &active).await {
+                                reject(&ctx, &pod, r).await;
+                                // Refused on a re-admission after a restart: what it
+                                // ran here is killed and removed, as upstream kills
+                                // rejected pods.
+                                if crate::volumes::pod_uids(&ctx.root_dir).contains(&uid) {
+                                    drop(spawn_worker(&ctx, uid.clone(), None));
+                                }
+                                rejected.insert(uid);
+                                continue;
+                            }
+                        }
                         workers.insert(uid.clone(), spawn_worker(&ctx, uid, Some(pod)));
                     }
                 }
@@ -132,6 +161,71 @@ pub async fn run(ctx: PodContext, node_name: &str) {
                 }
             }
         }
+    }
+}
+
+fn terminal(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// A terminated pod that never had a container (refused at admission before this
+/// kubelet restarted): nothing to run and nothing to clean up.
+fn never_ran(pod: &Pod) -> bool {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref());
+    terminal(pod) && statuses.is_none_or(|s| s.is_empty())
+}
+
+/// Upstream admits every pod that is not terminated; one being deleted only needs
+/// tearing down.
+fn needs_admission(pod: &Pod) -> bool {
+    !terminal(pod) && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// Checks `pod` against the Node as the API has it and the `active` admitted pods. A
+/// Node that cannot be read admits the pod: refusing work for a transient API error
+/// would fail pods for good.
+async fn admit(
+    ctx: &PodContext,
+    node_name: &str,
+    pod: &Pod,
+    active: &[Pod],
+) -> Result<(), admission::Rejection> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let node = match nodes.get(node_name).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the Node for pod admission; admitting");
+            return Ok(());
+        }
+    };
+    let active: Vec<&Pod> = active.iter().collect();
+    admission::admit(pod, &node, &active)
+}
+
+/// upstream's rejectPod: a Warning event with the reason, and the pod Failed with
+/// that reason and "Pod <message>".
+async fn reject(ctx: &PodContext, pod: &Pod, r: admission::Rejection) {
+    tracing::info!(pod = ?pod.metadata.name, reason = %r.reason, message = %r.message, "pod not admitted");
+    events::warn(&ctx.client, pod, &r.reason, &r.message).await;
+    let api: Api<Pod> = Api::namespaced(
+        ctx.client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let status = serde_json::json!({"status": {
+        "phase": "Failed",
+        "reason": r.reason,
+        "message": format!("Pod {}", r.message),
+    }});
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+    {
+        tracing::warn!(error = %e, "writing the status of a rejected pod");
     }
 }
 

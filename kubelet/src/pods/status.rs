@@ -7,6 +7,8 @@ use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{Value, json};
 
+use crate::probes::ContainerHealth;
+
 fn rfc3339(nanos: i64) -> String {
     chrono::DateTime::from_timestamp(nanos / 1_000_000_000, (nanos % 1_000_000_000) as u32)
         .unwrap_or_default()
@@ -28,6 +30,12 @@ pub struct StatusInputs<'a> {
     pub waiting: &'a HashMap<String, (String, String)>,
     /// The status last reported (transition times, last states).
     pub previous: Option<&'a Value>,
+    /// What the probes say about running app containers; a container missing here
+    /// has no probes (started and ready while it runs).
+    pub health: &'a HashMap<String, ContainerHealth>,
+    /// The pod is being deleted and every container has been stopped: the status
+    /// is final (upstream's podIsTerminal).
+    pub terminal: bool,
 }
 
 impl StatusInputs<'_> {
@@ -61,6 +69,10 @@ impl StatusInputs<'_> {
                 }
                 (json!({ "terminated": terminated }), *attempt)
             }
+            // A terminal pod has no waiting containers: upstream reports one that
+            // never ran as terminated, with this reason and message.
+            Some((_, attempt)) if self.terminal => (never_ran(), *attempt),
+            None if self.terminal => (never_ran(), 0),
             Some((_, attempt)) => (
                 json!({"waiting": {"reason": "ContainerCreating"}}),
                 *attempt,
@@ -80,7 +92,8 @@ impl StatusInputs<'_> {
             .and_then(|l| l.iter().find(|s| s["name"] == c.name.as_str()));
         // A failed pull or a back-off overrides what the last attempt shows; the
         // attempt that ended becomes lastState, as upstream shows it.
-        let (state, last_state) = match self.waiting.get(&c.name) {
+        let waiting = self.waiting.get(&c.name).filter(|_| !self.terminal);
+        let (state, last_state) = match waiting {
             Some((reason, message)) => (
                 json!({"waiting": {"reason": reason, "message": message}}),
                 state.get("terminated").map(|t| json!({"terminated": t})),
@@ -100,10 +113,24 @@ impl StatusInputs<'_> {
             }
             None => (state, None),
         };
+        let health = match runtime {
+            Some(_) if state.get("running").is_some() => self
+                .health
+                .get(&c.name)
+                .copied()
+                .unwrap_or(ContainerHealth {
+                    started: true,
+                    ready: true,
+                }),
+            _ => ContainerHealth {
+                started: false,
+                ready: false,
+            },
+        };
         let ready = if init {
             state["terminated"]["exitCode"] == 0
         } else {
-            state.get("running").is_some()
+            health.ready
         };
         let mut status = json!({
             "name": c.name,
@@ -115,7 +142,7 @@ impl StatusInputs<'_> {
             "imageID": runtime.map(|(s, _)| s.image_ref.clone()).unwrap_or_default(),
         });
         if !init {
-            status["started"] = json!(ready);
+            status["started"] = json!(health.started);
         }
         if let Some((s, _)) = runtime {
             status["containerID"] = json!(format!("{}://{}", self.runtime_name, s.id));
@@ -124,8 +151,17 @@ impl StatusInputs<'_> {
     }
 }
 
-/// Upstream's getPhase over the computed container statuses.
-fn phase(policy: &str, init: &[Value], app: &[Value]) -> &'static str {
+fn never_ran() -> Value {
+    json!({"terminated": {
+        "exitCode": 137,
+        "reason": "ContainerStatusUnknown",
+        "message": "The container could not be located when the pod was terminated",
+    }})
+}
+
+/// Upstream's getPhase over the computed container statuses; a terminal pod (deleted,
+/// all containers stopped) ends Succeeded or Failed whatever its restart policy.
+fn phase(policy: &str, init: &[Value], app: &[Value], terminal: bool) -> &'static str {
     let last_exit = |s: &Value| s["lastState"]["terminated"]["exitCode"].as_i64();
     let (mut pending_init, mut failed_init) = (0, 0);
     for s in init {
@@ -165,6 +201,8 @@ fn phase(policy: &str, init: &[Value], app: &[Value]) -> &'static str {
     }
     if stopped > 0 {
         return match policy {
+            _ if terminal && stopped == succeeded => "Succeeded",
+            _ if terminal => "Failed",
             "Always" => "Running",
             _ if stopped == succeeded => "Succeeded",
             "Never" => "Failed",
@@ -196,7 +234,7 @@ pub fn pod_status(inputs: &StatusInputs<'_>) -> Value {
         .iter()
         .map(|c| inputs.container_status(c, false, default_waiting))
         .collect();
-    let phase = phase(&policy, &init_statuses, &statuses);
+    let phase = phase(&policy, &init_statuses, &statuses, inputs.terminal);
     let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == true);
     let names = |list: &[Value], ok: &dyn Fn(&Value) -> bool| {
         list.iter()
@@ -300,13 +338,118 @@ mod tests {
                 json!({"terminated": {"exitCode": 1}}),
             )
         };
-        assert_eq!(phase("Never", &[failed()], &[waiting()]), "Failed");
-        assert_eq!(phase("Always", &[backoff()], &[waiting()]), "Pending");
-        assert_eq!(phase("Always", &[running()], &[waiting()]), "Pending");
-        assert_eq!(phase("Always", &[done()], &[running()]), "Running");
-        assert_eq!(phase("Never", &[], &[done()]), "Succeeded");
-        assert_eq!(phase("Never", &[], &[failed(), done()]), "Failed");
-        assert_eq!(phase("OnFailure", &[], &[failed()]), "Running");
-        assert_eq!(phase("Always", &[], &[backoff()]), "Running");
+        assert_eq!(phase("Never", &[failed()], &[waiting()], false), "Failed");
+        assert_eq!(
+            phase("Always", &[backoff()], &[waiting()], false),
+            "Pending"
+        );
+        assert_eq!(
+            phase("Always", &[running()], &[waiting()], false),
+            "Pending"
+        );
+        assert_eq!(phase("Always", &[done()], &[running()], false), "Running");
+        assert_eq!(phase("Never", &[], &[done()], false), "Succeeded");
+        assert_eq!(phase("Never", &[], &[failed(), done()], false), "Failed");
+        assert_eq!(phase("OnFailure", &[], &[failed()], false), "Running");
+        assert_eq!(phase("Always", &[], &[backoff()], false), "Running");
+        assert_eq!(phase("Always", &[], &[done()], true), "Succeeded");
+        assert_eq!(phase("Always", &[], &[done(), failed()], true), "Failed");
+        assert_eq!(phase("OnFailure", &[], &[backoff()], true), "Failed");
+    }
+
+    fn inputs_for<'a>(
+        pod: &'a Pod,
+        view: &'a RuntimeView,
+        health: &'a HashMap<String, ContainerHealth>,
+        waiting: &'a HashMap<String, (String, String)>,
+        terminal: bool,
+    ) -> StatusInputs<'a> {
+        StatusInputs {
+            pod,
+            pod_ip: "10.0.0.2",
+            host_ip: "10.0.0.1",
+            start_time: "2020-01-01T00:00:00Z",
+            runtime_name: "containerd",
+            containers: view,
+            waiting,
+            previous: None,
+            health,
+            terminal,
+        }
+    }
+
+    fn two_containers() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}]},
+        }))
+        .unwrap()
+    }
+
+    fn in_state(state: cri::ContainerState) -> cri::ContainerStatus {
+        cri::ContainerStatus {
+            id: "1".into(),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn probe_health_feeds_ready_started_and_conditions() {
+        let pod = two_containers();
+        let running = in_state(cri::ContainerState::ContainerRunning);
+        let view: RuntimeView = HashMap::from([
+            ("a".to_string(), (running.clone(), 0)),
+            ("b".to_string(), (running, 0)),
+        ]);
+        let waiting = HashMap::new();
+        let unready = HashMap::from([(
+            "a".to_string(),
+            ContainerHealth {
+                started: true,
+                ready: false,
+            },
+        )]);
+        let status = pod_status(&inputs_for(&pod, &view, &unready, &waiting, false));
+        let cs = &status["containerStatuses"];
+        assert_eq!(
+            (&cs[0]["ready"], &cs[0]["started"]),
+            (&json!(false), &json!(true))
+        );
+        assert_eq!(
+            (&cs[1]["ready"], &cs[1]["started"]),
+            (&json!(true), &json!(true))
+        );
+        let cond = |s: &Value, t: &str| {
+            s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == t)
+                .cloned()
+                .unwrap()
+        };
+        for t in ["Ready", "ContainersReady"] {
+            let c = cond(&status, t);
+            assert_eq!(c["status"], "False");
+            assert_eq!(c["message"], "containers with unready status: [a]");
+        }
+        let none = HashMap::new();
+        let status = pod_status(&inputs_for(&pod, &view, &none, &waiting, false));
+        assert_eq!(cond(&status, "Ready")["status"], "True");
+    }
+
+    #[test]
+    fn a_terminal_pod_reports_never_started_containers_as_terminated() {
+        let pod = two_containers();
+        let exited = in_state(cri::ContainerState::ContainerExited);
+        let view: RuntimeView = HashMap::from([("a".to_string(), (exited, 0))]);
+        let waiting = HashMap::from([("b".to_string(), ("ErrImagePull".into(), "x".into()))]);
+        let none = HashMap::new();
+        let status = pod_status(&inputs_for(&pod, &view, &none, &waiting, true));
+        assert_eq!(status["phase"], "Failed");
+        let b = &status["containerStatuses"][1]["state"]["terminated"];
+        assert_eq!(b["reason"], "ContainerStatusUnknown");
+        assert_eq!(b["exitCode"], 137);
     }
 }

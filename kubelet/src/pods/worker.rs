@@ -2,8 +2,8 @@
 //! its disappearance) and a periodic tick. Each step compares what the pod asks for
 //! with what the runtime has, does one round of work, and reports status.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use k8s_cri::v1 as cri;
@@ -12,16 +12,19 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use super::backoff::{RestartBackoff, go_duration};
 use super::fieldpath::PodAddresses;
 use super::spec::{self, LABEL_CONTAINER_NAME, LABEL_POD_UID, PodIdentity};
 use super::status::{RuntimeView, StatusInputs, pod_status};
-use super::{PodContext, env, events, now, pull_secrets};
+use super::{PodContext, env, events, lifecycle, now, pull_secrets};
+use crate::probes::handler::Target;
+use crate::probes::{ContainerHealth, Kind, PodProbes, RunningContainer};
 use crate::volumes::{self, PodVolumes};
 
-/// Restart backoff: 10 s doubling to 5 min, as upstream.
-const BACKOFF_START: Duration = Duration::from_secs(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const TICK: Duration = Duration::from_secs(1);
+/// Upstream's minimumGracePeriodInSeconds: every container gets at least this long
+/// between TERM and KILL, whatever is left after its preStop hook.
+const MIN_GRACE_SECONDS: i64 = 2;
 
 /// The pod's sandbox as the runtime reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,17 +93,13 @@ enum InitStep {
     Failed,
 }
 
-#[derive(Default)]
-struct Backoff {
-    delay: HashMap<String, Duration>,
-    until: HashMap<String, Instant>,
-}
-
 pub struct Worker {
     ctx: PodContext,
     rx: watch::Receiver<Option<Pod>>,
     phase: Phase,
-    backoff: Backoff,
+    backoff: RestartBackoff,
+    /// When each container's newest exited attempt finished (CRI nanoseconds).
+    exits: HashMap<String, i64>,
     volumes: PodVolumes,
     /// The last FailedMount message, so an unchanged failure is not re-reported.
     mount_error: Option<String>,
@@ -108,21 +107,32 @@ pub struct Worker {
     waiting: HashMap<String, (String, String)>,
     last_status: Option<Value>,
     start_time: String,
+    probes: PodProbes,
+    /// Containers this kubelet killed for failing liveness or startup: restarted at
+    /// once, without back-off, as upstream restarts them in the same sync.
+    restart_now: HashSet<String>,
+    /// The sandbox last used, for the final status of a deleted pod.
+    last_sandbox: Option<Sandbox>,
 }
 
 impl Worker {
     pub fn new(ctx: PodContext, rx: watch::Receiver<Option<Pod>>) -> Self {
         let volumes = PodVolumes::new(ctx.client.clone(), &ctx.root_dir, &ctx.uid);
+        let probes = PodProbes::new(ctx.cri.clone(), ctx.client.clone());
         Worker {
             ctx,
             rx,
             phase: Phase::MountingVolumes(MountRetry::default()),
-            backoff: Backoff::default(),
+            backoff: RestartBackoff::default(),
+            exits: HashMap::new(),
             volumes,
             mount_error: None,
             waiting: HashMap::new(),
             last_status: None,
             start_time: now(),
+            probes,
+            restart_now: HashSet::new(),
+            last_sandbox: None,
         }
     }
 
@@ -135,8 +145,11 @@ impl Worker {
             if self.phase == Phase::Done {
                 return;
             }
+            let probed = self.probes.notifier();
             tokio::select! {
                 changed = self.rx.changed() => if changed.is_err() { return },
+                // A probe verdict changed: report (or kill) now, not a tick later.
+                _ = probed.notified() => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
         }
@@ -150,14 +163,9 @@ impl Worker {
             self.phase = Phase::Done;
             return Ok(());
         };
-        if let Some(grace) = pod
-            .metadata
-            .deletion_timestamp
-            .as_ref()
-            .map(|_| pod.metadata.deletion_grace_period_seconds.unwrap_or(30))
-        {
+        if pod.metadata.deletion_timestamp.is_some() {
             self.phase = Phase::Terminating;
-            self.teardown(Some(&pod), grace).await?;
+            self.teardown(Some(&pod), grace_period(&pod)).await?;
             let api: Api<Pod> = Api::namespaced(
                 self.ctx.client.clone(),
                 pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -223,11 +231,19 @@ impl Worker {
                 }
             }
         }
-        if let Phase::Running(_) = self.phase
-            && self.sync_containers(&pod, &sandbox, &view).await
-        {
-            // Something started: report what it is now rather than a tick late.
-            view = self.runtime_view(&sandbox.id).await?;
+        if let Phase::Running(_) = self.phase {
+            if self.kill_unhealthy(&pod, &sandbox, &view).await? {
+                // Reported before the restart, so the killed attempt becomes the
+                // new one's lastState.
+                view = self.runtime_view(&sandbox.id).await?;
+                self.report(&pod, &sandbox.pod_ip, &view).await?;
+            }
+            if self.sync_containers(&pod, &sandbox, &view).await {
+                // Something started: report what it is now rather than a tick late.
+                view = self.runtime_view(&sandbox.id).await?;
+            }
+            let running = running_containers(&view);
+            self.probes.sync(&pod, &sandbox.pod_ip, &running);
         }
         self.report(&pod, &sandbox.pod_ip, &view).await
     }
@@ -300,10 +316,133 @@ impl Worker {
             .map(|n| n.ip)
             .filter(|ip| !ip.is_empty())
             .unwrap_or_else(|| self.ctx.host_ip.clone());
-        Ok(Sandbox {
+        let sandbox = Sandbox {
             id: sandbox_id,
             pod_ip,
-        })
+        };
+        self.last_sandbox = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+
+    /// Kills the containers whose liveness or startup probe failed past its threshold
+    /// (preStop first, the pod's terminationGracePeriodSeconds as grace); the restart
+    /// policy then restarts them at once. Returns whether anything was killed.
+    async fn kill_unhealthy(
+        &mut self,
+        pod: &Pod,
+        sandbox: &Sandbox,
+        view: &RuntimeView,
+    ) -> anyhow::Result<bool> {
+        let restart = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("Never");
+        let mut killed = false;
+        for u in self.probes.unhealthy() {
+            let running = view.get(&u.name).is_some_and(|(s, _)| {
+                s.id == u.container_id && s.state == cri::ContainerState::ContainerRunning as i32
+            });
+            self.probes.forget(&u.name);
+            if !running {
+                continue;
+            }
+            let probe = match u.kind {
+                Kind::Startup => "startup",
+                _ => "liveness",
+            };
+            let mut message = format!("Container {} failed {probe} probe", u.name);
+            if restart {
+                message.push_str(", will be restarted");
+                self.restart_now.insert(u.name.clone());
+            }
+            // A probe's own terminationGracePeriodSeconds (newer upstream) wins.
+            let probe_grace = pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .find(|c| c.name == u.name)
+                .and_then(|c| match u.kind {
+                    Kind::Startup => c.startup_probe.as_ref(),
+                    _ => c.liveness_probe.as_ref(),
+                })
+                .and_then(|p| p.termination_grace_period_seconds);
+            let grace = probe_grace.unwrap_or_else(|| termination_grace_period(pod));
+            self.kill_container(
+                pod,
+                &sandbox.pod_ip,
+                &u.name,
+                &u.container_id,
+                Some(message),
+                grace,
+            )
+            .await?;
+            killed = true;
+        }
+        Ok(killed)
+    }
+
+    /// upstream's killContainer: a `Killing` event, the preStop hook (its time counts
+    /// against `grace`), then StopContainer with what is left (at least 2 s), which
+    /// sends TERM and KILLs at the deadline.
+    async fn kill_container(
+        &self,
+        pod: &Pod,
+        pod_ip: &str,
+        name: &str,
+        container_id: &str,
+        message: Option<String>,
+        grace: i64,
+    ) -> anyhow::Result<()> {
+        let message = message.unwrap_or_else(|| format!("Stopping container {name}"));
+        events::container(&self.ctx.client, pod, name, "Normal", "Killing", &message).await;
+        let spec = pod.spec.as_ref();
+        let container = spec.and_then(|s| s.containers.iter().find(|c| c.name == name));
+        let pre_stop = container
+            .and_then(|c| c.lifecycle.as_ref())
+            .and_then(|l| l.pre_stop.as_ref());
+        let mut grace = grace;
+        if let (Some(hook), Some(c)) = (pre_stop, container)
+            && grace > 0
+        {
+            let target = Target {
+                cri: self.ctx.cri.clone(),
+                container_id: container_id.to_string(),
+                pod_ip: pod_ip.to_string(),
+                container: c.clone(),
+            };
+            let started = Instant::now();
+            let limit = Duration::from_secs(grace as u64);
+            match tokio::time::timeout(limit, lifecycle::run(hook, pod, &target)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    tracing::warn!(container = name, %message, "preStop hook failed");
+                    events::container(
+                        &self.ctx.client,
+                        pod,
+                        name,
+                        "Warning",
+                        "FailedPreStopHook",
+                        &message,
+                    )
+                    .await;
+                }
+                Err(_) => {
+                    tracing::info!(
+                        container = name,
+                        grace,
+                        "preStop hook did not complete within the grace period"
+                    )
+                }
+            }
+            grace -= started.elapsed().as_secs() as i64;
+        }
+        let timeout = grace.max(MIN_GRACE_SECONDS);
+        self.ctx
+            .cri
+            .runtime_client()
+            .stop_container(cri::StopContainerRequest {
+                container_id: container_id.to_string(),
+                timeout,
+            })
+            .await?;
+        Ok(())
     }
 
     /// The CRI status of the latest attempt of every container in the sandbox.
@@ -396,6 +535,7 @@ impl Worker {
                 Some((s, a)) if s.state == cri::ContainerState::ContainerExited as i32 => {
                     let restart = match policy.as_str() {
                         "Never" => false,
+                        _ if self.restart_now.contains(&c.name) => true,
                         "OnFailure" => s.exit_code != 0,
                         _ => true,
                     };
@@ -422,14 +562,29 @@ impl Worker {
         sandbox: &Sandbox,
         last: Option<&cri::ContainerStatus>,
     ) -> bool {
-        if next > 0 && !self.backoff_elapsed(&c.name, last) {
+        let exited = cri::ContainerState::ContainerExited as i32;
+        let this_exit = last.filter(|s| s.state == exited).map(|s| s.finished_at);
+        let previous_exit = match this_exit {
+            Some(t) => self.exits.insert(c.name.clone(), t),
+            None => self.exits.get(&c.name).copied(),
+        };
+        // upstream's doBackOff looks at the newest exited attempt as it was before the
+        // restart was decided: the one that just ended, or for a container this
+        // kubelet killed while it ran (liveness, startup), the one before it.
+        let since = if self.restart_now.contains(&c.name) {
+            previous_exit
+        } else {
+            this_exit
+        };
+        let finished =
+            since.map(|t| SystemTime::UNIX_EPOCH + Duration::from_nanos(t.max(0) as u64));
+        let waiting = finished
+            .filter(|_| next > 0)
+            .and_then(|f| self.backoff.check(&c.name, f, SystemTime::now()));
+        if let Some(delay) = waiting {
             let message = format!(
-                "back-off {}s restarting failed container={} pod={}_{}({})",
-                self.backoff
-                    .delay
-                    .get(&c.name)
-                    .map(Duration::as_secs)
-                    .unwrap_or(10),
+                "back-off {} restarting failed container={} pod={}_{}({})",
+                go_duration(delay),
                 c.name,
                 pod.metadata.name.as_deref().unwrap_or_default(),
                 pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -442,6 +597,7 @@ impl Worker {
         match self.start_container(pod, c, next, sandbox).await {
             Ok(()) => {
                 self.waiting.remove(&c.name);
+                self.restart_now.remove(&c.name);
                 true
             }
             Err((reason, message)) => {
@@ -459,6 +615,11 @@ impl Worker {
             return;
         }
         let (event_reason, event_message) = match reason {
+            // Reported as FailedPostStartHook already.
+            "PostStartHookError" => {
+                self.waiting.insert(name.to_string(), entry);
+                return;
+            }
             "CrashLoopBackOff" => (
                 "BackOff",
                 "Back-off restarting failed container".to_string(),
@@ -467,34 +628,6 @@ impl Worker {
         };
         events::warn(&self.ctx.client, pod, event_reason, &event_message).await;
         self.waiting.insert(name.to_string(), entry);
-    }
-
-    /// Restart backoff after a container exited: 10 s doubling to 5 min, reset when the
-    /// container had run for 10 minutes.
-    fn backoff_elapsed(&mut self, name: &str, status: Option<&cri::ContainerStatus>) -> bool {
-        let now = Instant::now();
-        if let Some(until) = self.backoff.until.get(name) {
-            if now < *until {
-                return false;
-            }
-            self.backoff.until.remove(name);
-            return true;
-        }
-        let ran = status
-            .map(|s| Duration::from_nanos((s.finished_at - s.started_at).max(0) as u64))
-            .unwrap_or_default();
-        let delay = if ran > Duration::from_secs(600) {
-            BACKOFF_START
-        } else {
-            self.backoff
-                .delay
-                .get(name)
-                .map(|d| (*d * 2).min(BACKOFF_MAX))
-                .unwrap_or(BACKOFF_START)
-        };
-        self.backoff.delay.insert(name.to_string(), delay);
-        self.backoff.until.insert(name.to_string(), now + delay);
-        false
     }
 
     async fn start_container(
@@ -584,11 +717,60 @@ impl Worker {
             .into_inner()
             .container_id;
         event("Normal", "Created", format!("Created container {}", c.name)).await;
-        rt.start_container(cri::StartContainerRequest { container_id: id })
-            .await
-            .map_err(|e| ("RunContainerError".to_string(), e.message().to_string()))?;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .map_err(|e| ("RunContainerError".to_string(), e.message().to_string()))?;
         event("Normal", "Started", format!("Started container {}", c.name)).await;
-        Ok(())
+        self.post_start(pod, c, &id, &sandbox.pod_ip).await
+    }
+
+    /// Runs the postStart hook of a just-started container; a failed one is reported
+    /// (FailedPostStartHook), kills the container and leaves it to the restart policy,
+    /// as upstream.
+    async fn post_start(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        id: &str,
+        pod_ip: &str,
+    ) -> Result<(), (String, String)> {
+        let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) else {
+            return Ok(());
+        };
+        let target = Target {
+            cri: self.ctx.cri.clone(),
+            container_id: id.to_string(),
+            pod_ip: pod_ip.to_string(),
+            container: c.clone(),
+        };
+        let Err(message) = lifecycle::run(hook, pod, &target).await else {
+            return Ok(());
+        };
+        let client = &self.ctx.client;
+        events::container(
+            client,
+            pod,
+            &c.name,
+            "Warning",
+            "FailedPostStartHook",
+            &message,
+        )
+        .await;
+        let grace = termination_grace_period(pod);
+        let kill = self.kill_container(
+            pod,
+            pod_ip,
+            &c.name,
+            id,
+            Some("FailedPostStartHook".into()),
+            grace,
+        );
+        if let Err(e) = kill.await {
+            tracing::warn!(container = %c.name, error = %format!("{e:#}"), "killing after a failed postStart hook");
+        }
+        Err(("PostStartHookError".into(), message))
     }
 
     /// Pulls `image` with each credential of the pod's pull secrets that matches it, most
@@ -619,9 +801,12 @@ impl Worker {
         Err(last)
     }
 
-    /// Stops and removes every sandbox (and so every container) of the pod; with the
-    /// pod object, each running container gets a `Killing` event first.
+    /// Stops and removes every sandbox (and so every container) of the pod. With the
+    /// pod object, running containers are killed as upstream kills them (`Killing`,
+    /// preStop, TERM, KILL at the grace deadline, all containers in parallel) and the
+    /// pod's final status is written before anything is removed.
     async fn teardown(&mut self, pod: Option<&Pod>, grace: i64) -> anyhow::Result<()> {
+        self.probes.stop_all();
         let uid = self.ctx.uid.clone();
         let mut rt = self.ctx.cri.runtime_client();
         let sandboxes = rt
@@ -634,6 +819,7 @@ impl Worker {
             .await?
             .into_inner()
             .items;
+        let this = &*self;
         for s in &sandboxes {
             let containers = rt
                 .list_containers(cri::ListContainersRequest {
@@ -645,36 +831,45 @@ impl Worker {
                 .await?
                 .into_inner()
                 .containers;
-            if let Some(pod) = pod {
-                let running = containers
-                    .iter()
-                    .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32);
-                for c in running {
+            let pod_ip = this
+                .last_sandbox
+                .as_ref()
+                .filter(|l| l.id == s.id)
+                .map(|l| l.pod_ip.clone())
+                .unwrap_or_default();
+            let stops = containers.iter().map(|c| {
+                let mut rt = rt.clone();
+                let pod_ip = &pod_ip;
+                async move {
                     let name = c
                         .metadata
                         .as_ref()
                         .map(|m| m.name.as_str())
                         .unwrap_or_default();
-                    let message = format!("Stopping container {name}");
-                    events::container(&self.ctx.client, pod, name, "Normal", "Killing", &message)
-                        .await;
-                }
-            }
-            // Containers get the grace period in parallel, as upstream.
-            let stops = containers.iter().map(|c| {
-                let mut rt = rt.clone();
-                let id = c.id.clone();
-                async move {
-                    rt.stop_container(cri::StopContainerRequest {
-                        container_id: id,
-                        timeout: grace,
-                    })
-                    .await
+                    match pod {
+                        Some(pod) if c.state == cri::ContainerState::ContainerRunning as i32 => {
+                            this.kill_container(pod, pod_ip, name, &c.id, None, grace)
+                                .await
+                        }
+                        _ => {
+                            rt.stop_container(cri::StopContainerRequest {
+                                container_id: c.id.clone(),
+                                timeout: grace,
+                            })
+                            .await?;
+                            Ok(())
+                        }
+                    }
                 }
             });
             for r in futures::future::join_all(stops).await {
                 r?;
             }
+        }
+        if let Some(pod) = pod {
+            self.report_final(pod, &sandboxes).await?;
+        }
+        for s in &sandboxes {
             rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
                 pod_sandbox_id: s.id.clone(),
             })
@@ -690,7 +885,59 @@ impl Worker {
         Ok(())
     }
 
+    /// The status of a deleted pod whose containers have all stopped: terminated
+    /// states with their exit codes and a Succeeded/Failed phase, as upstream writes
+    /// it before the API object goes.
+    async fn report_final(
+        &mut self,
+        pod: &Pod,
+        sandboxes: &[cri::PodSandbox],
+    ) -> anyhow::Result<()> {
+        let current = self
+            .last_sandbox
+            .clone()
+            .filter(|l| sandboxes.iter().any(|s| s.id == l.id));
+        let Some(sandbox) = current.or_else(|| {
+            sandboxes
+                .iter()
+                .max_by_key(|s| s.created_at)
+                .map(|s| Sandbox {
+                    id: s.id.clone(),
+                    pod_ip: String::new(),
+                })
+        }) else {
+            return Ok(());
+        };
+        let view = self.runtime_view(&sandbox.id).await?;
+        self.write_status(pod, &sandbox.pod_ip, &view, true).await
+    }
+
     async fn report(&mut self, pod: &Pod, pod_ip: &str, view: &RuntimeView) -> anyhow::Result<()> {
+        self.write_status(pod, pod_ip, view, false).await
+    }
+
+    /// What the probes say about each running app container.
+    fn health(&self, pod: &Pod, view: &RuntimeView) -> HashMap<String, ContainerHealth> {
+        let running = cri::ContainerState::ContainerRunning as i32;
+        let spec = pod.spec.as_ref();
+        spec.map(|s| s.containers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| {
+                let (s, _) = view.get(&c.name).filter(|(s, _)| s.state == running)?;
+                Some((c.name.clone(), self.probes.health(c, &s.id)))
+            })
+            .collect()
+    }
+
+    async fn write_status(
+        &mut self,
+        pod: &Pod,
+        pod_ip: &str,
+        view: &RuntimeView,
+        terminal: bool,
+    ) -> anyhow::Result<()> {
+        let health = self.health(pod, view);
         let status = pod_status(&StatusInputs {
             pod,
             pod_ip,
@@ -700,6 +947,8 @@ impl Worker {
             containers: view,
             waiting: &self.waiting,
             previous: self.last_status.as_ref(),
+            health: &health,
+            terminal,
         });
         if self.last_status.as_ref() == Some(&status) {
             return Ok(());
@@ -717,6 +966,36 @@ impl Worker {
         self.last_status = Some(status);
         Ok(())
     }
+}
+
+/// The running containers of `view`, for the probes.
+fn running_containers(view: &RuntimeView) -> Vec<RunningContainer<'_>> {
+    let running = cri::ContainerState::ContainerRunning as i32;
+    view.iter()
+        .filter(|(_, (s, _))| s.state == running)
+        .map(|(name, (s, _))| RunningContainer {
+            name,
+            id: &s.id,
+            started_at: SystemTime::UNIX_EPOCH + Duration::from_nanos(s.started_at.max(0) as u64),
+        })
+        .collect()
+}
+
+/// The grace period of a deletion: the one the API recorded on the pod, else the
+/// spec's, else upstream's minimum.
+fn grace_period(pod: &Pod) -> i64 {
+    pod.metadata
+        .deletion_grace_period_seconds
+        .unwrap_or_else(|| termination_grace_period(pod))
+}
+
+/// The spec's terminationGracePeriodSeconds (the API defaults it to 30), for kills
+/// that are not deletions (liveness, startup, postStart).
+fn termination_grace_period(pod: &Pod) -> i64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(MIN_GRACE_SECONDS)
 }
 
 #[cfg(test)]
