@@ -9,6 +9,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
+use kubelet::cloud::CloudProvider;
 use kubelet::config::{Flags, KubeletConfigFile, Settings};
 use kubelet::cri::CriClient;
 use kubelet::node::StatusReporter;
@@ -65,10 +66,24 @@ async fn run(flags: Flags) -> Result<()> {
         .context("reading the hostname")?
         .to_string_lossy()
         .into_owned();
-    let settings = Settings::resolve(flags, file, &hostname)?;
+    let provider = CloudProvider::parse(flags.cloud_provider.as_deref().unwrap_or(""))?;
+    let cloud = kubelet::cloud::identity(provider).await?;
+    if let Some(id) = &cloud {
+        info!(instance = %id.instance_id, r#type = %id.instance_type, zone = %id.zone, "running on EC2");
+    }
+    let settings = Settings::resolve_with_cloud(flags, file, &hostname, cloud)?;
     info!(node = %settings.node_name, runtime = %settings.runtime_socket.display(), "starting kubelet");
     std::fs::create_dir_all(&settings.root_dir)
         .with_context(|| format!("creating --root-dir {}", settings.root_dir.display()))?;
+    if let Some(bootstrap) = &settings.bootstrap_kubeconfig {
+        kubelet::bootstrap::load_client_cert(
+            &settings.kubeconfig,
+            bootstrap,
+            &settings.cert_dir,
+            &settings.node_name,
+        )
+        .await?;
+    }
 
     let kubeconfig = Kubeconfig::read_from(&settings.kubeconfig)
         .with_context(|| format!("reading --kubeconfig {}", settings.kubeconfig.display()))?;

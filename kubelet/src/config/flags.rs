@@ -19,6 +19,16 @@ pub struct Flags {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Kubeconfig with bootstrap credentials (e.g. a bootstrap token), used to request a
+    /// client certificate when --kubeconfig does not exist yet.
+    #[arg(long, alias = "experimental-bootstrap-kubeconfig")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+
+    /// The cloud provider: "aws" (identity from EC2 instance metadata), "external" (a
+    /// cloud-controller-manager initialises the Node), or empty for none.
+    #[arg(long)]
+    pub cloud_provider: Option<String>,
+
     /// Path to a KubeletConfiguration (kubelet.config.k8s.io/v1beta1) file.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -137,12 +147,10 @@ pub struct Flags {
 /// replacement, so they are dropped with a warning instead.
 const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "allowed-unsafe-sysctls",
-    "bootstrap-kubeconfig",
     "cgroup-driver",
     "cgroup-root",
     "chaos-chance",
     "cloud-config",
-    "cloud-provider",
     "cluster-dns",
     "cluster-domain",
     "cni-bin-dir",
@@ -165,7 +173,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "eviction-pressure-transition-period",
     "eviction-soft",
     "eviction-soft-grace-period",
-    "experimental-bootstrap-kubeconfig",
     "experimental-mounter-path",
     "feature-gates",
     "file-check-frequency",
