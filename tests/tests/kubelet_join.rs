@@ -323,12 +323,13 @@ fn bootstrap_through_an_exec_plugin_returning_a_token() {
 /// unlike both the kubelet's default 110 and the emulator's default m5.large).
 fn ec2() -> &'static Ec2Emulator {
     static SHARED: OnceLock<Ec2Emulator> = OnceLock::new();
-    SHARED.get_or_init(|| Ec2Emulator::start_with_type(1, "t3.medium").expect("EC2 emulator"))
+    SHARED.get_or_init(|| Ec2Emulator::start_with_type(2, "t3.medium").expect("EC2 emulator"))
 }
 
-fn imds(path: &str) -> String {
+/// Instance `index`'s metadata entry `path`.
+fn imds(index: usize, path: &str) -> String {
     ec2()
-        .imds_get(0, &format!("meta-data/{path}"))
+        .imds_get(index, &format!("meta-data/{path}"))
         .unwrap()
         .with_context(|| format!("IMDS has no {path}"))
         .unwrap()
@@ -338,10 +339,10 @@ fn imds(path: &str) -> String {
 fn aws_cloud_provider_takes_name_provider_id_labels_addresses_and_max_pods_from_imds() {
     let cp = ControlPlane::shared();
     let ec2 = ec2();
-    let name = imds("local-hostname");
-    let zone = imds("placement/availability-zone");
-    let region = imds("placement/region");
-    let ip = imds("local-ipv4");
+    let name = imds(0, "local-hostname");
+    let zone = imds(0, "placement/availability-zone");
+    let region = imds(0, "placement/region");
+    let ip = imds(0, "local-ipv4");
     let instance = ec2.instance_ids()[0].to_string();
     let node = KubeletNode::named(&name, cp.node_kubeconfig(&name).unwrap(), "").unwrap();
     let launch = Launch {
@@ -398,6 +399,48 @@ fn aws_cloud_provider_takes_name_provider_id_labels_addresses_and_max_pods_from_
             "{expected:?} in {addresses:?}"
         );
     }
+    wait_lease_renewed(cp, &name, &mut kubelet);
+}
+
+/// The EKS shape end to end: the cloud names the node, a bootstrap token gets it its
+/// certificate, for the cloud's name.
+#[test]
+fn aws_node_bootstraps_its_certificate_for_the_name_from_imds() {
+    let cp = ControlPlane::shared();
+    let ec2 = ec2();
+    let name = imds(1, "local-hostname");
+    let bootstrap = cp.bootstrap_kubeconfig().unwrap();
+    // No credentials yet: bootstrap writes the kubeconfig into the node's directory.
+    let mut node = KubeletNode::named(&name, PathBuf::new(), "").unwrap();
+    node.kubeconfig = node.base.join("kubelet.kubeconfig");
+    let launch = Launch {
+        no_hostname_override: true,
+        env: vec![(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".into(),
+            ec2.imds_endpoints()[1].to_string(),
+        )],
+        args: vec![
+            "--cloud-provider".into(),
+            "aws".into(),
+            "--bootstrap-kubeconfig".into(),
+            bootstrap.to_str().unwrap().into(),
+        ],
+    };
+    let mut kubelet = Kubelet::launch(&node, containerd(), &launch).unwrap();
+    let n = wait_ready(cp, &name, &mut kubelet);
+    assert_eq!(
+        n["spec"]["providerID"],
+        format!(
+            "aws:///{}/{}",
+            imds(1, "placement/availability-zone"),
+            ec2.instance_ids()[1]
+        )
+    );
+    let subject = cert_subject(&node.cert_dir().join("kubelet-client-current.pem")).unwrap();
+    assert!(
+        subject.contains(&format!("CN=system:node:{name}")),
+        "{subject}"
+    );
     wait_lease_renewed(cp, &name, &mut kubelet);
 }
 
