@@ -550,3 +550,58 @@ fn external_cloud_provider_registers_uninitialized_and_leaves_addresses_to_it() 
         );
     }
 }
+
+/// rotateCertificates: with the controller-manager signing 7m30s certificates (backdated
+/// 5 min, as its signer does), the rotation deadline (70-90 % of the lifetime) falls
+/// 15-105 s after issue. The kubelet requests a new certificate as `system:node:<name>`
+/// (auto-approved through selfnodeclient), switches `kubelet-client-current.pem` to it
+/// and carries on under the same pid with it.
+#[test]
+fn client_certificate_is_rotated_before_it_expires() {
+    let cp = ControlPlane::start_with(&["--cluster-signing-duration", "7m30s"]).unwrap();
+    let cp = &cp;
+    let bootstrap = cp.bootstrap_kubeconfig().unwrap();
+    let node = KubeletNode::without_credentials("kl-rotate").unwrap();
+    std::fs::write(
+        node.config_file(),
+        format!(
+            "{}rotateCertificates: true\n",
+            std::fs::read_to_string(node.config_file()).unwrap()
+        ),
+    )
+    .unwrap();
+    let mut kubelet = Kubelet::start(
+        &node,
+        containerd(),
+        &["--bootstrap-kubeconfig", bootstrap.to_str().unwrap()],
+    )
+    .unwrap();
+    wait_ready(cp, &node.name, &mut kubelet);
+    let current = node.cert_dir().join("kubelet-client-current.pem");
+    let first = std::fs::read_link(&current).unwrap();
+
+    let second = kubelet.eventually("certificate rotated", Duration::from_secs(150), || {
+        let target = std::fs::read_link(&current)?;
+        Ok((target != first).then_some(target))
+    });
+    assert!(node.cert_dir().join(&second).exists());
+    let user = format!("system:node:{}", node.name);
+    let csrs = kubelet.eventually("rotation CSR listed", Duration::from_secs(10), || {
+        let csrs = csrs_of(cp, &user);
+        Ok((!csrs.is_empty()).then_some(csrs))
+    });
+    assert!(
+        csrs.iter().any(|c| c["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Approved"))),
+        "{csrs:#?}"
+    );
+    // Re-executed in place (`eventually` fails if the process exits), started again
+    // with the new certificate, and the node carries on with it.
+    kubelet.eventually("kubelet re-executed", Duration::from_secs(20), || {
+        let both =
+            kubelet_log_has(&node, "re-executing") && kubelet_log_has(&node, "skipping bootstrap");
+        Ok(both.then_some(()))
+    });
+    wait_lease_renewed(cp, &node.name, &mut kubelet);
+}

@@ -5,6 +5,7 @@
 //! valid is used as it is, so a restart does not bootstrap again.
 
 pub mod csr;
+pub mod rotation;
 pub mod store;
 
 use std::path::Path;
@@ -196,7 +197,6 @@ mod tests {
         );
 
         let (old, key) = cert_pem(2021);
-        std::thread::sleep(std::time::Duration::from_millis(1100));
         store.update(&old, &key).unwrap();
         assert!(!still_valid(&kubeconfig), "expired certificate");
 

@@ -48,8 +48,16 @@ impl CertStore {
     /// Stores an issued certificate with its key and points `current` at it.
     pub fn update(&self, cert_pem: &str, key: &rcgen::KeyPair) -> Result<PathBuf> {
         let stamp = chrono::Utc::now().format("%Y-%m-%d-%H-%M-%S");
-        let name = format!("{PREFIX}-{stamp}.pem");
-        let file = self.dir.join(&name);
+        // Upstream's names have one-second resolution; a second pair within the same
+        // second must not overwrite the file `current` may still point at.
+        let (name, file) = (0..)
+            .map(|n| match n {
+                0 => format!("{PREFIX}-{stamp}.pem"),
+                n => format!("{PREFIX}-{stamp}-{n}.pem"),
+            })
+            .map(|name| (name.clone(), self.dir.join(name)))
+            .find(|(_, file)| !file.exists())
+            .expect("an unused name");
         let mut contents = cert_pem.trim_end().to_string();
         contents.push('\n');
         contents.push_str(&key.serialize_pem());
@@ -115,5 +123,12 @@ mod tests {
         let target = std::fs::read_link(&link).unwrap();
         assert!(target.to_str().unwrap().starts_with("kubelet-client-20"));
         assert!(!dir.path().join(PENDING_KEY).exists());
+
+        // A rotation within the same second gets a file of its own.
+        store.update("CERT2\n", &key).unwrap();
+        let second = std::fs::read_link(&link).unwrap();
+        assert_ne!(second, target);
+        assert!(dir.path().join(&target).exists());
+        assert!(std::fs::read_to_string(&link).unwrap().starts_with("CERT2"));
     }
 }

@@ -93,6 +93,11 @@ pub struct Flags {
     #[arg(long)]
     pub node_status_update_frequency: Option<String>,
 
+    /// Request a new client certificate before the current one expires
+    /// (--rotate-certificates[=false]); needs the TLS bootstrap's files in --cert-dir.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub rotate_certificates: Option<bool>,
+
     /// Register the node with the API server (pflag booleans: --register-node[=false]).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub register_node: Option<bool>,
@@ -261,7 +266,6 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "really-crash-for-testing",
     "redirect-container-streaming",
     "register-schedulable",
-    "rotate-certificates",
     "rotate-server-certificates",
     "runonce",
     "serialize-image-pulls",

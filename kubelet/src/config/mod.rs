@@ -31,6 +31,8 @@ pub struct Settings {
     /// `--bootstrap-kubeconfig`: credentials to request a client certificate with when
     /// `kubeconfig` does not exist yet (TLS bootstrap).
     pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// rotateCertificates: renew the client certificate in `cert_dir` before it expires.
+    pub rotate_certificates: bool,
     pub node_name: String,
     /// `--hostname-override` or the machine's hostname, lowercased: the
     /// `kubernetes.io/hostname` label and the Hostname address. It differs from
@@ -238,6 +240,11 @@ impl Settings {
         Ok(Settings {
             kubeconfig,
             bootstrap_kubeconfig: flags.bootstrap_kubeconfig,
+            // Upstream 1.20 defaults it to false; kubeadm and EKS turn it on.
+            rotate_certificates: flags
+                .rotate_certificates
+                .or(file.rotate_certificates)
+                .unwrap_or(false),
             node_name,
             hostname,
             hostname_overridden,
