@@ -6,7 +6,7 @@
 # BoundServiceAccountTokenVolume. Random free ports and a private data dir, so several
 # instances (parallel tests) never collide.
 #
-#   control-plane.sh run --dir D [--owner-pid P] [--advertise-address IP]
+#   control-plane.sh run --dir D [--owner-pid P] [--advertise-address IP] [--cluster-signing-duration D]
 #                                                  foreground; tears down on TERM or when P exits
 #   control-plane.sh start --dir D [...]           the same in the background; returns when ready
 #   control-plane.sh stop --dir D
@@ -19,7 +19,9 @@
 # (an address of this host, e.g. the bridge local-up.sh puts its node namespaces on), so
 # nodes in other network namespaces, and pods through the `kubernetes` Service, reach it.
 # Every kubeconfig names that address. etcd, the controller-manager and the scheduler stay
-# on loopback.
+# on loopback. --cluster-signing-duration (a Go duration, default 8760h as upstream) is
+# the lifetime of the certificates the controller-manager signs for CSRs: short ones let
+# tests see kubelet client certificate rotation.
 #
 # `run` publishes in D/env: KUBECONFIG (admin, system:masters), KUBE_PROXY_KUBECONFIG
 # (system:kube-proxy), APISERVER_URL, CA_CERT, CA_KEY, SA_KEY, SA_PUB, DATA_DIR, ETCD_URL
@@ -132,10 +134,12 @@ cmd_run() {
     DIR="$(cd "$RUN_DIR" && pwd)"
     RUN_DIR="$DIR"
     API_HOST=127.0.0.1
+    local signing_duration=8760h
     set -- "${RUN_ARGS[@]}"
     while [ $# -gt 0 ]; do
         case "$1" in
             --advertise-address) API_HOST="$2"; shift 2 ;;
+            --cluster-signing-duration) signing_duration="$2"; shift 2 ;;
             *) die "unknown flag $1" ;;
         esac
     done
@@ -199,6 +203,7 @@ cmd_run() {
         --authorization-kubeconfig="$DIR/controller-manager.kubeconfig" \
         --bind-address=127.0.0.1 --port=0 --secure-port=0 --leader-elect=false \
         --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+        --cluster-signing-duration="$signing_duration" \
         --root-ca-file="$PKI/ca.crt" --service-account-private-key-file="$PKI/sa.key" \
         --use-service-account-credentials=true \
         --controllers='*,bootstrapsigner,tokencleaner' \

@@ -1,6 +1,8 @@
 //! The kubelet as a library: the binary in `main.rs` wires these modules together, and
 //! keeping them here lets unit tests reach every piece.
 
+pub mod bootstrap;
+pub mod cloud;
 pub mod config;
 pub mod cri;
 pub mod node;

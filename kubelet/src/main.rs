@@ -9,6 +9,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
+use kubelet::cloud::CloudProvider;
 use kubelet::config::{Flags, KubeletConfigFile, Settings};
 use kubelet::cri::CriClient;
 use kubelet::node::StatusReporter;
@@ -65,10 +66,24 @@ async fn run(flags: Flags) -> Result<()> {
         .context("reading the hostname")?
         .to_string_lossy()
         .into_owned();
-    let settings = Settings::resolve(flags, file, &hostname)?;
+    let provider = CloudProvider::parse(flags.cloud_provider.as_deref().unwrap_or(""))?;
+    let cloud = kubelet::cloud::identity(provider).await?;
+    if let Some(id) = &cloud {
+        info!(instance = %id.instance_id, r#type = %id.instance_type, zone = %id.zone, "running on EC2");
+    }
+    let settings = Settings::resolve_with_cloud(flags, file, &hostname, cloud)?;
     info!(node = %settings.node_name, runtime = %settings.runtime_socket.display(), "starting kubelet");
     std::fs::create_dir_all(&settings.root_dir)
         .with_context(|| format!("creating --root-dir {}", settings.root_dir.display()))?;
+    if let Some(bootstrap) = &settings.bootstrap_kubeconfig {
+        kubelet::bootstrap::load_client_cert(
+            &settings.kubeconfig,
+            bootstrap,
+            &settings.cert_dir,
+            &settings.node_name,
+        )
+        .await?;
+    }
 
     let kubeconfig = Kubeconfig::read_from(&settings.kubeconfig)
         .with_context(|| format!("reading --kubeconfig {}", settings.kubeconfig.display()))?;
@@ -139,10 +154,21 @@ async fn run(flags: Flags) -> Result<()> {
         tokio::spawn(async move { kubelet::pods::run(ctx, &node_name).await })
     };
     let status_task = tokio::spawn(reporter.run());
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => info!("SIGINT: shutting down"),
-    }
+    let mut rotation = rotation_task(&settings, &client);
+    let rotated = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break false }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break false }
+            result = async { rotation.as_mut().expect("guarded").await }, if rotation.is_some() => {
+                rotation = None;
+                match result {
+                    Ok(Ok(())) => break true,
+                    Ok(Err(e)) => tracing::error!("client certificate rotation stopped: {e:#}"),
+                    Err(e) => tracing::error!("client certificate rotation task failed: {e}"),
+                }
+            }
+        }
+    };
     // Nothing to flush: the Lease simply expires and the Node keeps its last status,
     // as when upstream's kubelet stops.
     lease_task.abort();
@@ -152,5 +178,54 @@ async fn run(flags: Flags) -> Result<()> {
     if let Some(task) = server_task {
         task.abort();
     }
+    if rotated {
+        info!("re-executing to use the rotated client certificate");
+        return Err(reexec());
+    }
     Ok(())
+}
+
+/// The rotation of the bootstrapped client certificate, when rotateCertificates is on.
+fn rotation_task(
+    settings: &Settings,
+    client: &kube::Client,
+) -> Option<tokio::task::JoinHandle<Result<()>>> {
+    use kubelet::bootstrap::rotation;
+    if !settings.rotate_certificates {
+        return None;
+    }
+    if !rotation::kubeconfig_uses_store(&settings.kubeconfig, &settings.cert_dir) {
+        tracing::warn!(
+            kubeconfig = %settings.kubeconfig.display(),
+            "rotateCertificates: the kubeconfig does not use the client certificate in --cert-dir (written by TLS bootstrap); not rotating"
+        );
+        return None;
+    }
+    let (client, cert_dir, node) = (
+        client.clone(),
+        settings.cert_dir.clone(),
+        settings.node_name.clone(),
+    );
+    Some(tokio::spawn(async move {
+        rotation::run(client, &cert_dir, &node).await
+    }))
+}
+
+/// Replaces this process with a fresh start of the same binary and arguments (same
+/// pid, so a supervisor sees no exit); returns only if exec failed. Every descriptor
+/// Rust and tokio open is close-on-exec, so the new image rebinds :10250 cleanly.
+fn reexec() -> anyhow::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStringExt;
+    let args: Result<Vec<CString>, _> = std::env::args_os()
+        .map(|a| CString::new(a.into_vec()))
+        .collect();
+    let args = match args {
+        Ok(args) => args,
+        Err(e) => return anyhow::anyhow!("re-executing: {e}"),
+    };
+    match nix::unistd::execv(c"/proc/self/exe", &args) {
+        Err(e) => anyhow::anyhow!("re-executing /proc/self/exe: {e}"),
+        Ok(never) => match never {},
+    }
 }

@@ -17,7 +17,13 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// A private control plane, torn down when dropped.
     pub fn start() -> Result<Self> {
-        let fixture = ScriptFixture::start("control-plane.sh", &[], Duration::from_secs(180))?;
+        Self::start_with(&[])
+    }
+
+    /// A private control plane with extra `control-plane.sh run` flags (e.g.
+    /// `--cluster-signing-duration 6m40s`).
+    pub fn start_with(args: &[&str]) -> Result<Self> {
+        let fixture = ScriptFixture::start("control-plane.sh", args, Duration::from_secs(180))?;
         Ok(ControlPlane { fixture })
     }
 

@@ -15,10 +15,15 @@ pub struct Ec2Emulator {
 impl Ec2Emulator {
     /// moto with one VPC, one subnet and `instances` instances (m5.large).
     pub fn start(instances: u32) -> Result<Self> {
+        Self::start_with_type(instances, "m5.large")
+    }
+
+    /// `instances` instances of `instance_type` (e.g. `t3.medium`).
+    pub fn start_with_type(instances: u32, instance_type: &str) -> Result<Self> {
         let n = instances.to_string();
         let fixture = ScriptFixture::start(
             "ec2-emulator.sh",
-            &["--instances", &n],
+            &["--instances", &n, "--instance-type", instance_type],
             Duration::from_secs(120),
         )?;
         Ok(Ec2Emulator { fixture })

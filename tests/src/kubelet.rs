@@ -30,9 +30,34 @@ impl KubeletNode {
     /// the config file.
     pub fn with_config(cp: &ControlPlane, tag: &str, extra_config: &str) -> Result<Self> {
         let name = unique_name(tag);
-        let base = std::env::temp_dir().join(format!("nodert-kubelet-{name}"));
-        std::fs::create_dir_all(base.join("root"))?;
         let kubeconfig = cp.node_kubeconfig(&name)?;
+        let base = std::env::temp_dir().join(format!("nodert-kubelet-{name}"));
+        Self::create(name, base, kubeconfig, extra_config)
+    }
+
+    /// A node with no credentials yet: `kubeconfig` is a path inside its directory that
+    /// does not exist (for TLS bootstrap to write, or a test to fill in).
+    pub fn without_credentials(tag: &str) -> Result<Self> {
+        let name = unique_name(tag);
+        let base = std::env::temp_dir().join(format!("nodert-kubelet-{name}"));
+        let kubeconfig = base.join("kubelet.kubeconfig");
+        Self::create(name, base, kubeconfig, "")
+    }
+
+    /// A node called `name` (e.g. the name a cloud provider gives it) whose
+    /// credentials are `kubeconfig`.
+    pub fn named(name: &str, kubeconfig: PathBuf, extra_config: &str) -> Result<Self> {
+        let base = std::env::temp_dir().join(format!("nodert-kubelet-{}", unique_name(name)));
+        Self::create(name.to_string(), base, kubeconfig, extra_config)
+    }
+
+    fn create(
+        name: String,
+        base: PathBuf,
+        kubeconfig: PathBuf,
+        extra_config: &str,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(base.join("root"))?;
         let port = free_port()?;
         std::fs::write(
             base.join("config.yaml"),
@@ -56,6 +81,21 @@ impl KubeletNode {
     pub fn config_file(&self) -> PathBuf {
         self.base.join("config.yaml")
     }
+
+    pub fn cert_dir(&self) -> PathBuf {
+        self.base.join("pki")
+    }
+}
+
+/// How to start a kubelet, beyond [`Kubelet::start`]'s defaults.
+#[derive(Default)]
+pub struct Launch {
+    /// Leave out `--hostname-override` (a cloud provider names the node).
+    pub no_hostname_override: bool,
+    /// Environment for the kubelet (e.g. `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+    pub env: Vec<(String, String)>,
+    /// Flags appended to the defaults.
+    pub args: Vec<String>,
 }
 
 impl Drop for KubeletNode {
@@ -82,22 +122,34 @@ impl Kubelet {
     /// Starts the kubelet for `node` on the CRI runtime at `cri_socket` (a path), with
     /// `extra` flags appended.
     pub fn start(node: &KubeletNode, cri_socket: &Path, extra: &[&str]) -> Result<Self> {
+        let launch = Launch {
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            ..Launch::default()
+        };
+        Self::launch(node, cri_socket, &launch)
+    }
+
+    /// Starts the kubelet for `node` as `launch` says.
+    pub fn launch(node: &KubeletNode, cri_socket: &Path, launch: &Launch) -> Result<Self> {
         let log = node.base.join(format!("{}.log", unique_name("kubelet")));
-        let child = Command::new(bin_path("kubelet"))
+        let mut cmd = Command::new(bin_path("kubelet"));
+        if !launch.no_hostname_override {
+            cmd.arg("--hostname-override").arg(&node.name);
+        }
+        let child = cmd
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .arg("--kubeconfig")
             .arg(&node.kubeconfig)
             .arg("--config")
             .arg(node.config_file())
             .arg("--container-runtime-endpoint")
             .arg(format!("unix://{}", cri_socket.display()))
-            .arg("--hostname-override")
-            .arg(&node.name)
             .arg("--root-dir")
             .arg(node.root_dir())
             .arg("--cert-dir")
-            .arg(node.base.join("pki"))
+            .arg(node.cert_dir())
             .args(["--v", "4"])
-            .args(extra)
+            .args(&launch.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -21,6 +21,7 @@ pub struct KubeletConfigFile {
     pub port: Option<i64>,
     pub max_pods: Option<i64>,
     pub register_node: Option<bool>,
+    pub rotate_certificates: Option<bool>,
     pub register_with_taints: Option<Vec<Taint>>,
     pub kube_reserved: Option<BTreeMap<String, String>>,
     pub system_reserved: Option<BTreeMap<String, String>>,

@@ -19,6 +19,16 @@ pub struct Flags {
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
 
+    /// Kubeconfig with bootstrap credentials (e.g. a bootstrap token), used to request a
+    /// client certificate when --kubeconfig does not exist yet.
+    #[arg(long, alias = "experimental-bootstrap-kubeconfig")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+
+    /// The cloud provider: "aws" (identity from EC2 instance metadata), "external" (a
+    /// cloud-controller-manager initialises the Node), or empty for none.
+    #[arg(long)]
+    pub cloud_provider: Option<String>,
+
     /// Path to a KubeletConfiguration (kubelet.config.k8s.io/v1beta1) file.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -83,6 +93,11 @@ pub struct Flags {
     #[arg(long)]
     pub node_status_update_frequency: Option<String>,
 
+    /// Request a new client certificate before the current one expires
+    /// (--rotate-certificates[=false]); needs the TLS bootstrap's files in --cert-dir.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub rotate_certificates: Option<bool>,
+
     /// Register the node with the API server (pflag booleans: --register-node[=false]).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub register_node: Option<bool>,
@@ -137,12 +152,10 @@ pub struct Flags {
 /// replacement, so they are dropped with a warning instead.
 const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "allowed-unsafe-sysctls",
-    "bootstrap-kubeconfig",
     "cgroup-driver",
     "cgroup-root",
     "chaos-chance",
     "cloud-config",
-    "cloud-provider",
     "cluster-dns",
     "cluster-domain",
     "cni-bin-dir",
@@ -165,7 +178,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "eviction-pressure-transition-period",
     "eviction-soft",
     "eviction-soft-grace-period",
-    "experimental-bootstrap-kubeconfig",
     "experimental-mounter-path",
     "feature-gates",
     "file-check-frequency",
@@ -254,7 +266,6 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "really-crash-for-testing",
     "redirect-container-streaming",
     "register-schedulable",
-    "rotate-certificates",
     "rotate-server-certificates",
     "runonce",
     "serialize-image-pulls",

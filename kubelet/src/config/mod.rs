@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Taint;
 
+use crate::cloud::{CloudIdentity, CloudProvider};
 use crate::quantity;
 pub use duration::parse_go_duration;
 pub use file::KubeletConfigFile;
@@ -27,7 +28,20 @@ pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.so
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub kubeconfig: PathBuf,
+    /// `--bootstrap-kubeconfig`: credentials to request a client certificate with when
+    /// `kubeconfig` does not exist yet (TLS bootstrap).
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// rotateCertificates: renew the client certificate in `cert_dir` before it expires.
+    pub rotate_certificates: bool,
     pub node_name: String,
+    /// `--hostname-override` or the machine's hostname, lowercased: the
+    /// `kubernetes.io/hostname` label and the Hostname address. It differs from
+    /// `node_name` only when a cloud provider names the node.
+    pub hostname: String,
+    pub hostname_overridden: bool,
+    pub cloud_provider: CloudProvider,
+    /// What `--cloud-provider aws` found in instance metadata.
+    pub cloud: Option<CloudIdentity>,
     /// Filesystem path of the CRI unix socket.
     pub runtime_socket: PathBuf,
     pub node_ip: Option<IpAddr>,
@@ -67,19 +81,44 @@ impl Settings {
     /// Resolves flags and the optional config file. `hostname` is the machine's name,
     /// used when `--hostname-override` is absent.
     pub fn resolve(flags: Flags, file: Option<KubeletConfigFile>, hostname: &str) -> Result<Self> {
+        Self::resolve_with_cloud(flags, file, hostname, None)
+    }
+
+    /// [`resolve`](Self::resolve) with the identity `--cloud-provider aws` looked up
+    /// (see [`crate::cloud::identity`]): it names the node unless --hostname-override
+    /// does, and supplies providerID and max pods unless those are configured.
+    pub fn resolve_with_cloud(
+        flags: Flags,
+        file: Option<KubeletConfigFile>,
+        hostname: &str,
+        cloud: Option<CloudIdentity>,
+    ) -> Result<Self> {
         let server = ServerSettings::resolve(&flags, file.as_ref())?;
         let file = file.unwrap_or_default();
         let kubeconfig = flags
             .kubeconfig
             .context("--kubeconfig is required (standalone mode is not supported)")?;
+        let cloud_provider = CloudProvider::parse(flags.cloud_provider.as_deref().unwrap_or(""))?;
+        if (cloud_provider == CloudProvider::Aws) != cloud.is_some() {
+            bail!("the cloud identity must be looked up exactly when --cloud-provider is aws");
+        }
 
         // Upstream lowercases and trims the name it registers under.
-        let node_name = flags
+        let hostname_overridden = flags
             .hostname_override
             .as_deref()
+            .is_some_and(|h| !h.trim().is_empty());
+        let hostname = flags
+            .hostname_override
+            .as_deref()
+            .filter(|_| hostname_overridden)
             .unwrap_or(hostname)
             .trim()
             .to_lowercase();
+        let node_name = match &cloud {
+            Some(id) if !hostname_overridden => id.node_name.clone(),
+            _ => hostname.clone(),
+        };
         if node_name.is_empty() {
             bail!("empty node name: set --hostname-override");
         }
@@ -94,15 +133,29 @@ impl Settings {
             Some(text) => parse_labels(text)?,
             None => BTreeMap::new(),
         };
-        let register_with_taints = match flags.register_with_taints.as_deref() {
+        let mut register_with_taints = match flags.register_with_taints.as_deref() {
             Some(text) => parse_taints(text)?,
             None => file.register_with_taints.unwrap_or_default(),
         };
+        if let Some(taint) = cloud_provider.registration_taint()
+            && !register_with_taints.iter().any(|t| t.key == taint.key)
+        {
+            register_with_taints.push(taint);
+        }
         for taint in &register_with_taints {
             validate_effect(&taint.effect)?;
         }
 
-        let max_pods = flags.max_pods.or(file.max_pods).unwrap_or(110);
+        let max_pods = match (flags.max_pods.or(file.max_pods), &cloud) {
+            (Some(n), _) => n,
+            // As EKS nodes are configured: the ENI limits of the instance type, so the
+            // scheduler never places more pods than the VPC CNI has addresses for.
+            (None, Some(id)) => id.max_pods().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "using the default maxPods of 110");
+                110
+            }),
+            (None, None) => 110,
+        };
         if max_pods < 0 {
             bail!("maxPods must not be negative, got {max_pods}");
         }
@@ -180,16 +233,30 @@ impl Settings {
         let reserved =
             Reserved::from_maps(&kube_reserved, &system_reserved, eviction_hard.as_ref())?;
 
+        let provider_id = flags
+            .provider_id
+            .or(file.provider_id)
+            .or_else(|| cloud.as_ref().map(|id| id.provider_id.clone()));
         Ok(Settings {
             kubeconfig,
+            bootstrap_kubeconfig: flags.bootstrap_kubeconfig,
+            // Upstream 1.20 defaults it to false; kubeadm and EKS turn it on.
+            rotate_certificates: flags
+                .rotate_certificates
+                .or(file.rotate_certificates)
+                .unwrap_or(false),
             node_name,
+            hostname,
+            hostname_overridden,
+            cloud_provider,
+            cloud,
             runtime_socket,
             node_ip: flags.node_ip,
             node_labels,
             register_node: flags.register_node.or(file.register_node).unwrap_or(true),
             register_with_taints,
             max_pods,
-            provider_id: flags.provider_id.or(file.provider_id),
+            provider_id,
             root_dir: flags.root_dir,
             cert_dir: flags.cert_dir,
             address,
@@ -457,6 +524,91 @@ mod tests {
         let s = Settings::resolve(flags(&["--kubeconfig=/k"]), Some(file), "h").unwrap();
         assert_eq!(s.node_status_update_frequency, Duration::from_secs(20));
         assert_eq!(s.node_status_report_frequency, Duration::from_secs(20));
+    }
+
+    fn ec2_identity() -> CloudIdentity {
+        CloudIdentity {
+            node_name: "ip-10-0-0-5.ec2.internal".into(),
+            provider_id: "aws:///us-east-1a/i-0abc".into(),
+            instance_id: "i-0abc".into(),
+            instance_type: "m5.large".into(),
+            region: "us-east-1".into(),
+            zone: "us-east-1a".into(),
+            addresses: vec![],
+        }
+    }
+
+    #[test]
+    fn aws_names_the_node_and_sets_provider_id_and_max_pods() {
+        let s = Settings::resolve_with_cloud(
+            flags(&["--kubeconfig=/k", "--cloud-provider=aws"]),
+            None,
+            "DevBox",
+            Some(ec2_identity()),
+        )
+        .unwrap();
+        assert_eq!(s.node_name, "ip-10-0-0-5.ec2.internal");
+        assert_eq!(s.hostname, "devbox");
+        assert!(!s.hostname_overridden);
+        assert_eq!(s.provider_id.as_deref(), Some("aws:///us-east-1a/i-0abc"));
+        // m5.large: 3 ENIs x (10 - 1) + 2.
+        assert_eq!(s.max_pods, 29);
+        assert!(s.register_with_taints.is_empty());
+    }
+
+    #[test]
+    fn explicit_settings_beat_the_cloud() {
+        let file = KubeletConfigFile::parse(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nmaxPods: 50\n",
+        )
+        .unwrap();
+        let s = Settings::resolve_with_cloud(
+            flags(&[
+                "--kubeconfig=/k",
+                "--cloud-provider",
+                "aws",
+                "--hostname-override=n1",
+                "--provider-id=aws:///x/i-1",
+            ]),
+            Some(file),
+            "h",
+            Some(ec2_identity()),
+        )
+        .unwrap();
+        assert_eq!(s.node_name, "n1");
+        assert!(s.hostname_overridden);
+        assert_eq!(s.provider_id.as_deref(), Some("aws:///x/i-1"));
+        assert_eq!(s.max_pods, 50);
+    }
+
+    #[test]
+    fn external_provider_registers_with_the_uninitialized_taint() {
+        let s = Settings::resolve(
+            flags(&[
+                "--kubeconfig=/k",
+                "--cloud-provider=external",
+                "--register-with-taints=a=b:NoExecute",
+            ]),
+            None,
+            "h",
+        )
+        .unwrap();
+        assert_eq!(s.cloud_provider, CloudProvider::External);
+        let keys: Vec<&str> = s
+            .register_with_taints
+            .iter()
+            .map(|t| t.key.as_str())
+            .collect();
+        assert_eq!(keys, ["a", crate::cloud::UNINITIALIZED_TAINT_KEY]);
+        assert_eq!(s.max_pods, 110);
+        assert!(
+            Settings::resolve(
+                flags(&["--kubeconfig=/k", "--cloud-provider=gce"]),
+                None,
+                "h"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The Node object and its heartbeats: registration, status reporting and the Lease.
 
+pub mod addresses;
 pub mod host;
 pub mod lease;
 pub mod registration;
 pub mod runtime_state;
 pub mod status;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -17,6 +19,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::cloud::{CloudProvider, PROVIDED_NODE_IP_ANNOTATION};
 use crate::config::Settings;
 use crate::cri::{CriClient, RuntimeVersion};
 use host::HostFacts;
@@ -93,10 +96,16 @@ impl StatusReporter {
     pub fn compute(&self) -> Result<NodeStatus> {
         let facts = HostFacts::read(&self.settings.root_dir)?;
         let errors = self.runtime.errors(Instant::now());
-        let inputs = StatusInputs {
-            node_name: &self.settings.node_name,
+        let addresses = addresses::node_addresses(&addresses::AddressInputs {
+            node_ip_flag: self.settings.node_ip,
             // Without --node-ip the address follows the host's, as upstream's does.
-            node_ip: node_ip(&self.settings).or(self.node_ip),
+            host_ip: node_ip(&self.settings).or(self.node_ip),
+            hostname: &self.settings.hostname,
+            hostname_overridden: self.settings.hostname_overridden,
+            cloud: self.settings.cloud.as_ref().map(|c| c.addresses.as_slice()),
+        })?;
+        let inputs = StatusInputs {
+            addresses: &addresses,
             port: self.settings.port,
             max_pods: self.settings.max_pods,
             reserved: &self.settings.reserved,
@@ -113,9 +122,23 @@ impl StatusReporter {
     }
 
     pub fn template(&self) -> NodeTemplate {
+        let mut annotations = BTreeMap::new();
+        if self.external_provider()
+            && let Some(ip) = self.settings.node_ip.filter(|ip| !ip.is_unspecified())
+        {
+            annotations.insert(PROVIDED_NODE_IP_ANNOTATION.to_string(), ip.to_string());
+        }
         NodeTemplate {
             name: self.settings.node_name.clone(),
+            hostname: self.settings.hostname.clone(),
+            cloud_labels: self
+                .settings
+                .cloud
+                .as_ref()
+                .map(|c| c.labels())
+                .unwrap_or_default(),
             extra_labels: self.settings.node_labels.clone(),
+            annotations,
             taints: self.settings.register_with_taints.clone(),
             provider_id: self.settings.provider_id.clone(),
         }
@@ -141,13 +164,20 @@ impl StatusReporter {
             // Keep the existing transition times; write our status at the next tick.
             Registration::Adopted(_) => self.reported = node.status.clone(),
         }
+        if self.external_provider() {
+            // Only the registration carries our addresses (see `tick`).
+            self.reported = self.reported.take().map(without_addresses);
+        }
         Ok(node)
     }
 
     /// One status check: write when changed or when the report is due.
     pub async fn tick(&mut self) -> Result<()> {
         self.probe_runtime().await;
-        let status = self.compute()?;
+        let mut status = self.compute()?;
+        if self.external_provider() {
+            status = without_addresses(status);
+        }
         let due = self
             .last_report
             .is_none_or(|t| t.elapsed() >= self.settings.node_status_report_frequency);
@@ -186,6 +216,22 @@ impl StatusReporter {
                 warn!(error = %format!("{e:#}"), "error updating node status, will retry");
             }
         }
+    }
+}
+
+impl StatusReporter {
+    /// With `--cloud-provider external` the cloud-controller-manager owns the addresses
+    /// once the Node exists: upstream's kubelet sets them only while there are none,
+    /// i.e. at registration, and never overwrites the provider's afterwards.
+    fn external_provider(&self) -> bool {
+        self.settings.cloud_provider == CloudProvider::External
+    }
+}
+
+fn without_addresses(status: NodeStatus) -> NodeStatus {
+    NodeStatus {
+        addresses: None,
+        ..status
     }
 }
 

@@ -40,17 +40,23 @@ impl Registration {
 #[derive(Debug, Clone)]
 pub struct NodeTemplate {
     pub name: String,
+    /// The `kubernetes.io/hostname` label: the hostname, not the (cloud's) node name.
+    pub hostname: String,
+    /// Instance type, zone and region labels from the cloud provider.
+    pub cloud_labels: BTreeMap<String, String>,
     pub extra_labels: BTreeMap<String, String>,
+    /// Set at creation only (e.g. `alpha.kubernetes.io/provided-node-ip`).
+    pub annotations: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
     pub provider_id: Option<String>,
 }
 
 impl NodeTemplate {
     /// The labels we own: upstream's defaults (the stable and the beta os/arch labels
-    /// it still sets in 1.20) overlaid with `--node-labels`.
+    /// it still sets in 1.20, the cloud's) overlaid with `--node-labels`.
     pub fn labels(&self) -> BTreeMap<String, String> {
         let mut labels: BTreeMap<String, String> = [
-            ("kubernetes.io/hostname", self.name.as_str()),
+            ("kubernetes.io/hostname", self.hostname.as_str()),
             ("kubernetes.io/os", "linux"),
             ("kubernetes.io/arch", go_arch()),
             ("beta.kubernetes.io/os", "linux"),
@@ -58,6 +64,7 @@ impl NodeTemplate {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(self.cloud_labels.clone())
         .collect();
         for (k, v) in &self.extra_labels {
             if let Some(old) = labels.insert(k.clone(), v.clone()) {
@@ -73,10 +80,16 @@ impl NodeTemplate {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 labels: Some(self.labels()),
-                annotations: Some(BTreeMap::from([(
-                    CONTROLLER_MANAGED_ATTACH_DETACH.to_string(),
-                    "true".to_string(),
-                )])),
+                annotations: Some(
+                    self.annotations
+                        .clone()
+                        .into_iter()
+                        .chain([(
+                            CONTROLLER_MANAGED_ATTACH_DETACH.to_string(),
+                            "true".to_string(),
+                        )])
+                        .collect(),
+                ),
                 ..ObjectMeta::default()
             },
             spec: Some(NodeSpec {
@@ -222,6 +235,12 @@ mod tests {
     fn node_carries_default_and_extra_labels_taints_and_provider_id() {
         let t = NodeTemplate {
             name: "n1".into(),
+            hostname: "n1".into(),
+            cloud_labels: BTreeMap::from([(
+                "topology.kubernetes.io/zone".to_string(),
+                "z1".to_string(),
+            )]),
+            annotations: BTreeMap::new(),
             extra_labels: BTreeMap::from([("role".to_string(), "worker".to_string())]),
             taints: vec![Taint {
                 key: "k".into(),
@@ -237,6 +256,7 @@ mod tests {
         assert_eq!(labels["kubernetes.io/os"], "linux");
         assert_eq!(labels["beta.kubernetes.io/os"], "linux");
         assert_eq!(labels["role"], "worker");
+        assert_eq!(labels["topology.kubernetes.io/zone"], "z1");
         let spec = node.spec.unwrap();
         assert_eq!(spec.taints.unwrap()[0].key, "k");
         assert_eq!(spec.provider_id.as_deref(), Some("aws:///zone/i-1"));

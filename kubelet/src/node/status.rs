@@ -4,7 +4,6 @@
 //! condition's status flips.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{
     ContainerImage, DaemonEndpoint, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
@@ -41,8 +40,8 @@ pub fn go_arch() -> &'static str {
 
 /// The inputs one status computation needs.
 pub struct StatusInputs<'a> {
-    pub node_name: &'a str,
-    pub node_ip: Option<IpAddr>,
+    /// `status.addresses`, from [`crate::node::addresses::node_addresses`].
+    pub addresses: &'a [NodeAddress],
     pub port: u16,
     pub max_pods: i64,
     pub reserved: &'a Reserved,
@@ -86,18 +85,6 @@ pub fn build_status(
     now: Timestamp,
 ) -> NodeStatus {
     let (capacity, allocatable) = resources(inputs);
-    let mut addresses = Vec::new();
-    if let Some(ip) = inputs.node_ip {
-        addresses.push(NodeAddress {
-            type_: "InternalIP".into(),
-            address: ip.to_string(),
-        });
-    }
-    addresses.push(NodeAddress {
-        type_: "Hostname".into(),
-        address: inputs.node_name.into(),
-    });
-
     let prev_conditions = previous
         .and_then(|p| p.conditions.as_deref())
         .unwrap_or(&[]);
@@ -145,7 +132,7 @@ pub fn build_status(
         capacity: Some(capacity),
         allocatable: Some(allocatable),
         conditions: Some(conditions),
-        addresses: Some(addresses),
+        addresses: Some(inputs.addresses.to_vec()),
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
                 port: i32::from(inputs.port),
@@ -285,14 +272,24 @@ mod tests {
         }
     }
 
+    static ADDRESSES: std::sync::OnceLock<Vec<NodeAddress>> = std::sync::OnceLock::new();
+
     fn inputs<'a>(
         facts: &'a HostFacts,
         reserved: &'a Reserved,
         errs: &'a [String],
     ) -> StatusInputs<'a> {
         StatusInputs {
-            node_name: "n1",
-            node_ip: Some("10.0.0.5".parse().unwrap()),
+            addresses: ADDRESSES.get_or_init(|| {
+                crate::node::addresses::node_addresses(&crate::node::addresses::AddressInputs {
+                    node_ip_flag: None,
+                    host_ip: Some("10.0.0.5".parse().unwrap()),
+                    hostname: "n1",
+                    hostname_overridden: false,
+                    cloud: None,
+                })
+                .unwrap()
+            }),
             port: 10250,
             max_pods: 110,
             reserved,

@@ -19,7 +19,7 @@ mod streaming;
 mod summary;
 mod tls;
 mod upgrade_proxy;
-mod x509_name;
+pub(crate) mod x509_name;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
 //! The user a client certificate names: upstream's x509 authenticator takes the
 //! subject's CommonName as user name and its Organizations as groups. rustls has
 //! already verified the chain; this only reads the subject, with a minimal DER walk
-//! (the certificate structure up to the subject is fixed by RFC 5280).
+//! (the certificate structure up to the subject is fixed by RFC 5280). The validity
+//! period, read the same way, tells the TLS bootstrap when a client certificate expires.
 
 /// Subject fields of interest, in certificate order.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -39,20 +40,54 @@ const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
 const EXPLICIT_VERSION: u8 = 0xa0;
 
-/// Reads the subject of a DER certificate; `None` if it is not well-formed.
-pub fn subject(cert_der: &[u8]) -> Option<Subject> {
+/// The TBSCertificate's fields after the optional version: serial, signature
+/// algorithm, issuer, validity, subject, ...
+fn tbs_fields(cert_der: &[u8]) -> Option<&[u8]> {
     let (SEQUENCE, cert, _) = element(cert_der)? else {
         return None;
     };
     let (SEQUENCE, tbs, _) = element(cert)? else {
         return None;
     };
-    let mut rest = tbs;
-    // version (optional), serial, signature algorithm, issuer, validity, subject.
-    let (tag, _, after) = element(rest)?;
-    if tag == EXPLICIT_VERSION {
-        rest = after;
+    let (tag, _, after) = element(tbs)?;
+    Some(if tag == EXPLICIT_VERSION { after } else { tbs })
+}
+
+/// `(notBefore, notAfter)` of a DER certificate, as seconds since the Unix epoch.
+pub fn validity(cert_der: &[u8]) -> Option<(i64, i64)> {
+    let mut rest = tbs_fields(cert_der)?;
+    for _ in 0..3 {
+        rest = element(rest)?.2;
     }
+    let (SEQUENCE, validity, _) = element(rest)? else {
+        return None;
+    };
+    let (tag, not_before, rest) = element(validity)?;
+    let not_before = asn1_time(tag, not_before)?;
+    let (tag, not_after, _) = element(rest)?;
+    Some((not_before, asn1_time(tag, not_after)?))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049 per RFC 5280) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`).
+fn asn1_time(tag: u8, value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?.strip_suffix('Z')?;
+    let full = match (tag, text.len()) {
+        (0x17, 12) => {
+            let yy: u32 = text[..2].parse().ok()?;
+            format!("{}{text}", if yy < 50 { "20" } else { "19" })
+        }
+        (0x18, 14) => text.to_string(),
+        _ => return None,
+    };
+    let t = chrono::NaiveDateTime::parse_from_str(&full, "%Y%m%d%H%M%S").ok()?;
+    Some(t.and_utc().timestamp())
+}
+
+/// Reads the subject of a DER certificate; `None` if it is not well-formed.
+pub fn subject(cert_der: &[u8]) -> Option<Subject> {
+    let mut rest = tbs_fields(cert_der)?;
+    // serial, signature algorithm, issuer, validity, subject.
     for _ in 0..4 {
         rest = element(rest)?.2;
     }
@@ -109,6 +144,18 @@ mod tests {
             Some("kube-apiserver-kubelet-client")
         );
         assert_eq!(s.organizations, vec!["system:masters".to_string()]);
+    }
+
+    #[test]
+    fn reads_the_validity() {
+        let mut params = rcgen::CertificateParams::new(vec!["x".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 2);
+        params.not_after = rcgen::date_time_ymd(2051, 3, 4);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        // 2051 is past UTCTime's range: GeneralizedTime, 2020 UTCTime.
+        assert_eq!(validity(cert.der()), Some((1_577_923_200, 2_561_500_800)));
+        assert_eq!(validity(b"\x30\x00"), None);
     }
 
     #[test]
