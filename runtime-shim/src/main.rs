@@ -17,6 +17,7 @@ use runtime_shim::image::registry::Mirrors;
 use runtime_shim::image::store::ImageStore;
 use runtime_shim::runtime::Runtime;
 use runtime_shim::sandbox::cni::Cni;
+use runtime_shim::streaming::{Streaming, Tokens};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A CRI v1 container runtime")]
@@ -42,6 +43,11 @@ struct Args {
     /// Runtime state that does not survive a reboot: sockets, monitors.
     #[arg(long, default_value = "/run/runtime-shim")]
     state: PathBuf,
+    /// Where the exec/attach/port-forward streaming server listens (port 0: any free
+    /// port); the URLs Exec and PortForward return point here. Loopback by default, as
+    /// containerd's: the kubelet on this node proxies to it.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    stream_address: std::net::SocketAddr,
 }
 
 fn main() -> Result<()> {
@@ -89,10 +95,21 @@ async fn daemon() -> Result<()> {
         cni,
     )
     .with_context(|| format!("opening runtime state in {}", args.root.display()))?;
+    let runtime = Arc::new(runtime);
+    let listener = tokio::net::TcpListener::bind(args.stream_address)
+        .await
+        .with_context(|| format!("binding the streaming server to {}", args.stream_address))?;
+    let streaming = Streaming {
+        tokens: Arc::new(Tokens::default()),
+        runtime: runtime.clone(),
+        addr: listener.local_addr()?,
+    };
+    tracing::info!(addr = %streaming.addr, "serving exec and port-forward streams");
+    tokio::spawn(runtime_shim::streaming::serve(listener, streaming.clone()));
     let router = tonic::transport::Server::builder()
         .add_service(ImageServiceServer::new(ImageServiceImpl::new(puller)))
         .add_service(RuntimeServiceServer::new(RuntimeServiceImpl::new(
-            Arc::new(runtime),
+            runtime, streaming,
         )));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -11,14 +11,16 @@ use tonic::{Request, Response, Status};
 use crate::runtime::{
     ContainerRecord, ContainerStatus as Live, Runtime, RuntimeError, SandboxState,
 };
+use crate::streaming::{Request as StreamRequest, Streaming};
 
 pub struct RuntimeServiceImpl {
     rt: Arc<Runtime>,
+    streaming: Streaming,
 }
 
 impl RuntimeServiceImpl {
-    pub fn new(rt: Arc<Runtime>) -> Self {
-        RuntimeServiceImpl { rt }
+    pub fn new(rt: Arc<Runtime>, streaming: Streaming) -> Self {
+        RuntimeServiceImpl { rt, streaming }
     }
 }
 
@@ -502,8 +504,30 @@ impl RuntimeService for RuntimeServiceImpl {
         Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
-    async fn exec(&self, _r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        unimplemented("Exec")
+    async fn exec(&self, r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let req = r.into_inner();
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument("exec needs a command"));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
+        }
+        if req.tty && req.stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true: a terminal has one output",
+            ));
+        }
+        let rec = self.rt.container(&req.container_id).map_err(status)?;
+        if !matches!(self.rt.container_status(&rec), Live::Running) {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let url = self.streaming.url(StreamRequest::Exec(req));
+        Ok(Response::new(ExecResponse { url }))
     }
 
     async fn attach(&self, _r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
@@ -512,9 +536,21 @@ impl RuntimeService for RuntimeServiceImpl {
 
     async fn port_forward(
         &self,
-        _r: Request<PortForwardRequest>,
+        r: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        unimplemented("PortForward")
+        let req = r.into_inner();
+        let sb = self
+            .rt
+            .sandbox(&req.pod_sandbox_id)
+            .ok_or_else(|| Status::not_found(format!("no pod sandbox {}", req.pod_sandbox_id)))?;
+        if !matches!(sb.state, SandboxState::Ready) {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        let url = self.streaming.url(StreamRequest::PortForward(req));
+        Ok(Response::new(PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -367,18 +367,7 @@ impl Runtime {
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
-        let rec = self.container(id)?;
-        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        if cmd.is_empty() {
-            return Err(RuntimeError::InvalidArgument("exec needs a command".into()));
-        }
-        let process = self.exec_process_json(&rec, cmd)?;
-        let mut c = self.oci.exec_command(&rec.id, &process);
+        let (mut c, process) = self.exec_command(id, cmd)?;
         c.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
@@ -399,6 +388,28 @@ impl Runtime {
         let out = out.context("waiting for runc exec")?;
         let code = out.status.code().unwrap_or(255);
         Ok((cap(out.stdout), cap(out.stderr), code))
+    }
+
+    /// `runc exec` of `cmd` in running container `id` with the container's env, user and
+    /// cwd, and the process.json it reads (the caller removes it when the process has
+    /// started or ended). Stdio is the caller's to wire (ExecSync, the streaming server).
+    pub fn exec_command(
+        &self,
+        id: &str,
+        cmd: &[String],
+    ) -> Result<(tokio::process::Command, PathBuf)> {
+        let rec = self.container(id)?;
+        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        if cmd.is_empty() {
+            return Err(RuntimeError::InvalidArgument("exec needs a command".into()));
+        }
+        let process = self.exec_process_json(&rec, cmd)?;
+        Ok((self.oci.exec_command(&rec.id, &process), process))
     }
 
     /// The process.json for `runc exec`: the container's own env, user and cwd.
