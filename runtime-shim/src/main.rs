@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
-use runtime_shim::container::monitor;
 use runtime_shim::container::runc::Runc;
+use runtime_shim::container::{exec_reaper, monitor};
 use runtime_shim::cri::image_service::ImageServiceImpl;
 use runtime_shim::cri::runtime_service::RuntimeServiceImpl;
 use runtime_shim::cri::server;
@@ -51,11 +51,14 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    // The same binary is each container's monitor (see container::monitor): dispatch
-    // before any runtime or thread exists, since the monitor forks and reaps.
+    // The same binary is each container's monitor (container::monitor) and each streaming
+    // exec's reaper (container::exec_reaper): dispatch before any runtime or thread
+    // exists, since both fork and reap.
     let mut argv = std::env::args();
-    if argv.nth(1).as_deref() == Some(monitor::MONITOR_ARG) {
-        monitor::run(&argv.next().unwrap_or_default());
+    match argv.nth(1).as_deref() {
+        Some(monitor::MONITOR_ARG) => monitor::run(&argv.next().unwrap_or_default()),
+        Some(exec_reaper::EXEC_ARG) => exec_reaper::run(&argv.next().unwrap_or_default()),
+        _ => {}
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -44,6 +44,36 @@ fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, Str
 }
 
 impl RuntimeServiceImpl {
+    /// What Exec and Attach both require: a sensible set of streams on a running
+    /// container (containerd's checks and messages).
+    fn check_streams(
+        &self,
+        id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
+    ) -> Result<(), Status> {
+        if !(stdin || stdout || stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
+        }
+        if tty && stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true",
+            ));
+        }
+        let rec = self.rt.container(id).map_err(status)?;
+        if !matches!(self.rt.container_status(&rec), Live::Running) {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        Ok(())
+    }
+
     fn container_state(&self, rec: &ContainerRecord) -> (ContainerState, Live) {
         let live = self.rt.container_status(rec);
         let state = match &live {
@@ -509,29 +539,30 @@ impl RuntimeService for RuntimeServiceImpl {
         if req.cmd.is_empty() {
             return Err(Status::invalid_argument("exec needs a command"));
         }
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(Status::invalid_argument(
-                "one of stdin, stdout, or stderr must be set",
-            ));
-        }
-        if req.tty && req.stderr {
-            return Err(Status::invalid_argument(
-                "tty and stderr cannot both be true: a terminal has one output",
-            ));
-        }
-        let rec = self.rt.container(&req.container_id).map_err(status)?;
-        if !matches!(self.rt.container_status(&rec), Live::Running) {
-            return Err(Status::failed_precondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
+        self.check_streams(
+            &req.container_id,
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.tty,
+        )?;
         let url = self.streaming.url(StreamRequest::Exec(req));
         Ok(Response::new(ExecResponse { url }))
     }
 
-    async fn attach(&self, _r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        unimplemented("Attach")
+    async fn attach(&self, r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        let req = r.into_inner();
+        // The streams are the client's choice; input reaches a container only if it was
+        // created with stdin (its monitor drops it otherwise).
+        self.check_streams(
+            &req.container_id,
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.tty,
+        )?;
+        let url = self.streaming.url(StreamRequest::Attach(req));
+        Ok(Response::new(AttachResponse { url }))
     }
 
     async fn port_forward(

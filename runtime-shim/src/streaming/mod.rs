@@ -1,11 +1,12 @@
 //! The streaming server behind CRI Exec, Attach and PortForward: the RPC stores the
 //! request under a single-use token and answers with a URL; the kubelet (or crictl,
 //! critest) then upgrades an HTTP connection at that URL to SPDY/3.1 and runs
-//! Kubernetes' remotecommand (`v4.channel.k8s.io`) or `portforward.k8s.io` protocol
+//! Kubernetes' remotecommand (`v4.channel.k8s.io`, exec and attach) or `portforward.k8s.io` protocol
 //! on it, as containerd's streaming server does.
 
-mod exec;
+mod attach;
 mod portforward;
+mod remotecommand;
 mod server;
 pub mod spdy;
 mod tokens;
@@ -22,6 +23,7 @@ use crate::runtime::Runtime;
 #[derive(Debug, Clone)]
 pub enum Request {
     Exec(k8s_cri::v1::ExecRequest),
+    Attach(k8s_cri::v1::AttachRequest),
     PortForward(k8s_cri::v1::PortForwardRequest),
 }
 
@@ -40,6 +42,7 @@ impl Streaming {
     pub fn url(&self, request: Request) -> String {
         let kind = match request {
             Request::Exec(_) => "exec",
+            Request::Attach(_) => "attach",
             Request::PortForward(_) => "portforward",
         };
         let token = self.tokens.insert(request);

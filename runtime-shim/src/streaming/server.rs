@@ -1,4 +1,4 @@
-//! The HTTP side: `/exec/<token>` and `/portforward/<token>`, upgraded to SPDY/3.1
+//! The HTTP side: `/exec/<token>`, `/attach/<token>` and `/portforward/<token>`, upgraded to SPDY/3.1
 //! after agreeing on a sub-protocol through `X-Stream-Protocol-Version`, as the
 //! kubelet's streaming server does (client's order of preference, our support).
 
@@ -10,7 +10,8 @@ use hyper::{Request as HttpRequest, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::{Request, Streaming, exec, portforward};
+use super::remotecommand::{self, Target};
+use super::{Request, Streaming, portforward};
 
 /// Remote command protocols we speak, newest first (v4 reports exit codes as a Status).
 const EXEC_PROTOCOLS: &[&str] = &[
@@ -58,7 +59,7 @@ fn handle(mut req: HttpRequest<Incoming>, streaming: Streaming) -> Response<Full
         return plain(StatusCode::NOT_FOUND, "not found");
     };
     let supported = match kind {
-        "exec" => EXEC_PROTOCOLS,
+        "exec" | "attach" => EXEC_PROTOCOLS,
         "portforward" => PORT_FORWARD_PROTOCOLS,
         _ => return plain(StatusCode::NOT_FOUND, "not found"),
     };
@@ -83,6 +84,7 @@ fn handle(mut req: HttpRequest<Incoming>, streaming: Streaming) -> Response<Full
     let request = match (kind, streaming.tokens.take(token)) {
         (_, None) => return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token"),
         ("exec", Some(r @ Request::Exec(_)))
+        | ("attach", Some(r @ Request::Attach(_)))
         | ("portforward", Some(r @ Request::PortForward(_))) => r,
         _ => return plain(StatusCode::NOT_FOUND, "token is for another kind of stream"),
     };
@@ -96,11 +98,15 @@ fn handle(mut req: HttpRequest<Incoming>, streaming: Streaming) -> Response<Full
             }
         };
         let (sender, streams) = super::spdy::serve(io);
+        let runtime = streaming.runtime;
         match request {
-            Request::Exec(r) => exec::run(streaming.runtime, r, protocol, sender, streams).await,
-            Request::PortForward(r) => {
-                portforward::run(streaming.runtime, r, sender, streams).await
+            Request::Exec(r) => {
+                remotecommand::run(runtime, Target::Exec(r), protocol, sender, streams).await
             }
+            Request::Attach(r) => {
+                remotecommand::run(runtime, Target::Attach(r), protocol, sender, streams).await
+            }
+            Request::PortForward(r) => portforward::run(runtime, r, sender, streams).await,
         }
     });
     let mut r = Response::new(Full::new(Bytes::new()));
