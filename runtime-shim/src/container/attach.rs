@@ -176,7 +176,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("attach");
         let listener = UnixListener::bind(&path).unwrap();
-        let (stdin_r, stdin_w) = nix::unistd::pipe().unwrap();
+        let (stdin_r, stdin_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let hub = Arc::new(Hub::new(
             Input::Pipe(Mutex::new(Some(std::fs::File::from(stdin_w)))),
             true,

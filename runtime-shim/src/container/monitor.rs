@@ -139,13 +139,18 @@ fn monitor(spec_json: &str) -> io::Result<()> {
         None => None,
     };
     // Without a terminal: pipes for output, and for input if the container wants it.
+    // Close-on-exec, so only the ends handed over as stdio reach runc and the container:
+    // a container holding its own stdin's write end would never see EOF.
     let (outputs, stdin_w, create_stdio) = if console.is_some() {
         (vec![], None, [Stdio::null(), Stdio::null(), Stdio::null()])
     } else {
-        let (out_r, out_w) = nix::unistd::pipe().map_err(io::Error::from)?;
-        let (err_r, err_w) = nix::unistd::pipe().map_err(io::Error::from)?;
+        let (out_r, out_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let (stdin, stdin_w) = if spec.stdin {
-            let (r, w) = nix::unistd::pipe().map_err(io::Error::from)?;
+            let (r, w) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
             (Stdio::from(r), Some(std::fs::File::from(w)))
         } else {
             (Stdio::null(), None)

@@ -331,6 +331,73 @@ mod tests {
     use super::client::Client;
     use super::*;
 
+    /// A client's SYN_STREAM for stream 1 with headers streamtype=error, requestid=0, as
+    /// laid out in SPDY/3 section 2.6.1; its header block was compressed by C zlib
+    /// (level 9, sync flush) with the section 2.6.10.1 dictionary: `78 f9` is a zlib
+    /// header with FDICT set, `e3 c6 a7 c2` the dictionary's Adler-32.
+    const SYN_STREAM_1: &str = "80030001000000330000000100000000000078f9e3c6a7c202e50e703a2b294a4dcc\
+                                851625aca9a0800632388b20d196094ace8c0600000000ffff";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    async fn read_exactly(r: &mut (impl AsyncRead + Unpin), n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        r.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn frames_match_the_spdy3_wire_format() {
+        let (a, mut peer) = tokio::io::duplex(1 << 16);
+        let (sender, mut streams) = serve(a);
+        let syn = unhex(SYN_STREAM_1);
+        assert_eq!(
+            syn.len(),
+            8 + 0x33,
+            "length field covers everything after the head"
+        );
+        peer.write_all(&syn).await.unwrap();
+        let s = streams.recv().await.unwrap();
+        assert_eq!(s.id, 1);
+        assert_eq!(
+            s.headers,
+            vec![
+                ("streamtype".to_string(), "error".to_string()),
+                ("requestid".to_string(), "0".to_string())
+            ]
+        );
+        // SYN_REPLY: control bit, version 3, type 2, no flags, then stream 1 and a
+        // compressed block of zero headers that an independent inflater reads.
+        let head = read_exactly(&mut peer, 8).await;
+        assert_eq!(&head[..5], &[0x80, 0x03, 0x00, 0x02, 0x00]);
+        let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+        let body = read_exactly(&mut peer, len).await;
+        assert_eq!(&body[..4], &[0, 0, 0, 1]);
+        assert_eq!(
+            &body[4..6],
+            &[0x78, 0xbb],
+            "zlib header with FDICT at default level"
+        );
+        assert_eq!(&body[6..10], &[0xe3, 0xc6, 0xa7, 0xc2]);
+        assert!(Inflater::default().decode(&body[4..]).unwrap().is_empty());
+        // DATA: stream id without the control bit, FIN flag, 24-bit length, payload.
+        sender.data(1, b"hi", true).await.unwrap();
+        assert_eq!(
+            read_exactly(&mut peer, 10).await,
+            unhex("00000001 01 000002 6869")
+        );
+        // PING comes back unchanged.
+        let ping = unhex("80030006 00 000004 00000007");
+        peer.write_all(&ping).await.unwrap();
+        assert_eq!(read_exactly(&mut peer, ping.len()).await, ping);
+    }
+
     #[tokio::test]
     async fn streams_open_carry_data_both_ways_and_half_close() {
         let (a, b) = tokio::io::duplex(1 << 16);
@@ -344,7 +411,11 @@ mod tests {
         assert_eq!(s.incoming.recv().await.unwrap(), b"hello");
         assert!(s.incoming.recv().await.is_none(), "FIN closes the stream");
         let big = vec![7u8; 100_000];
-        sender.data(id, &big, true).await.unwrap();
+        // More than the pipe holds: sent while the peer reads.
+        let send = tokio::spawn({
+            let (sender, big) = (sender.clone(), big.clone());
+            async move { sender.data(id, &big, true).await.unwrap() }
+        });
         let mut got = Vec::new();
         loop {
             let (sid, fin, data) = c.next_data().await.unwrap();
@@ -355,6 +426,7 @@ mod tests {
             }
         }
         assert_eq!(got, big);
+        send.await.unwrap();
         sender.go_away().await.unwrap();
         assert!(c.next_data().await.is_none());
     }
