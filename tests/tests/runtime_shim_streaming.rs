@@ -48,8 +48,23 @@ impl Drop for Namespace<'_> {
     }
 }
 
-/// A kubectl in the background, stopped however the test ends.
+/// A kubectl in the background (stdout piped), stopped however the test ends.
 struct Background(std::process::Child);
+
+impl Background {
+    fn kubectl(cp: &ControlPlane, args: &[&str]) -> Self {
+        let child = Command::new(kube_bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Background(child)
+    }
+}
 
 impl Drop for Background {
     fn drop(&mut self) {
@@ -71,6 +86,13 @@ fn kubectl_status(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `kubectl exec box -c app -- cmd...` in namespace `ns`.
+fn exec_in_app(cp: &ControlPlane, ns: &str, cmd: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["-n", ns, "exec", "box", "-c", "app", "--"];
+    args.extend_from_slice(cmd);
+    kubectl_status(cp, &args)
 }
 
 /// kubectl on a terminal of its own (util-linux `script` gives it a pty), typing
@@ -168,21 +190,7 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
     let n = ns.name.as_str();
 
     // exec: stdout and stderr apart, stdin in with its end as EOF, exit codes out.
-    let (code, out, err) = kubectl_status(
-        cp,
-        &[
-            "-n",
-            n,
-            "exec",
-            "box",
-            "-c",
-            "app",
-            "--",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; hostname",
-        ],
-    );
+    let (code, out, err) = exec_in_app(cp, n, &["sh", "-c", "echo out; echo err >&2; hostname"]);
     assert_eq!((code, out.as_str()), (0, "out\nbox\n"), "{err}");
     assert_eq!(err, "err\n");
     let out = kubectl_stdin(
@@ -204,27 +212,10 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
     )
     .unwrap();
     assert_eq!(out, "piped\ninput\ndone\n");
-    let (code, _, err) = kubectl_status(
-        cp,
-        &[
-            "-n", n, "exec", "box", "-c", "app", "--", "sh", "-c", "exit 3",
-        ],
-    );
+    let (code, _, err) = exec_in_app(cp, n, &["sh", "-c", "exit 3"]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("command terminated with exit code 3"), "{err}");
-    let (code, _, err) = kubectl_status(
-        cp,
-        &[
-            "-n",
-            n,
-            "exec",
-            "box",
-            "-c",
-            "app",
-            "--",
-            "/no/such/program",
-        ],
-    );
+    let (code, _, err) = exec_in_app(cp, n, &["/no/such/program"]);
     assert_ne!(code, 0);
     assert!(
         err.contains("/no/such/program") && err.contains("no such file"),
@@ -244,17 +235,7 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
     assert!(screen.contains("typed-42"), "{screen}");
 
     // attach to output: what the running process prints from now on.
-    let mut attach = Background(
-        Command::new(kube_bin("kubectl"))
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(["-n", n, "attach", "box", "-c", "app"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut attach = Background::kubectl(cp, &["-n", n, "attach", "box", "-c", "app"]);
     let mut stdout = attach.0.stdout.take().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let reader = {
@@ -291,22 +272,15 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
         .local_addr()
         .unwrap()
         .port();
-    let _forward = Background(
-        Command::new(kube_bin("kubectl"))
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args([
-                "-n",
-                n,
-                "port-forward",
-                "pod/box",
-                &format!("{local_port}:80"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _forward = Background::kubectl(
+        cp,
+        &[
+            "-n",
+            n,
+            "port-forward",
+            "pod/box",
+            &format!("{local_port}:80"),
+        ],
     );
     let url = format!("http://127.0.0.1:{local_port}/");
     let body = try_eventually(Duration::from_secs(30), || {
@@ -327,21 +301,6 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
 }
 
 // ---- CRI level ----
-
-fn pod_config(dirs: &ShimDirs, name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: unique_name("uid"),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: dirs.base.join("pods").join(name).display().to_string(),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
 
 /// Creates and starts a container of `pod`; the CreateContainer error if refused.
 async fn start(
@@ -430,7 +389,7 @@ async fn pod(
         .await
         .unwrap();
     let mut rt = shim.runtime().await.unwrap();
-    let config = pod_config(dirs, name);
+    let config = dirs.pod_config(name);
     let id = rt
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),

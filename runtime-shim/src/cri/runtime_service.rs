@@ -64,13 +64,7 @@ impl RuntimeServiceImpl {
                 "tty and stderr cannot both be true",
             ));
         }
-        let rec = self.rt.container(id).map_err(status)?;
-        if !matches!(self.rt.container_status(&rec), Live::Running) {
-            return Err(Status::failed_precondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
+        self.rt.running_container(id).map_err(status)?;
         Ok(())
     }
 

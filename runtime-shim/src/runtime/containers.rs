@@ -317,13 +317,7 @@ impl Runtime {
 
     /// Asks the monitor to reopen the log file (after the kubelet rotated it).
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
-        let rec = self.container(id)?;
-        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
+        let rec = self.running_container(id)?;
         let bundle = self.container_dir(&rec.id).join("bundle");
         let pid: i32 = std::fs::read_to_string(monitor::monitor_pid_file(&bundle))?
             .trim()
@@ -340,6 +334,27 @@ impl Runtime {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+
+    /// The record of `id` if it is running (what exec, attach and log reopening need).
+    pub fn running_container(&self, id: &str) -> Result<ContainerRecord> {
+        let rec = self.container(id)?;
+        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// The running container `cmd` may be exec'd in.
+    pub(crate) fn exec_target(&self, id: &str, cmd: &[String]) -> Result<ContainerRecord> {
+        let rec = self.running_container(id)?;
+        if cmd.is_empty() {
+            return Err(RuntimeError::InvalidArgument("exec needs a command".into()));
+        }
+        Ok(rec)
     }
 
     pub fn container(&self, id: &str) -> Result<ContainerRecord> {
@@ -409,16 +424,7 @@ impl Runtime {
     /// cwd, and the process.json it reads (the caller removes it when the process has
     /// ended). Stdio is the caller's to wire.
     fn exec_command(&self, id: &str, cmd: &[String]) -> Result<(tokio::process::Command, PathBuf)> {
-        let rec = self.container(id)?;
-        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        if cmd.is_empty() {
-            return Err(RuntimeError::InvalidArgument("exec needs a command".into()));
-        }
+        let rec = self.exec_target(id, cmd)?;
         let process = self.exec_process_json(&rec, cmd, false)?;
         Ok((self.oci.exec_command(&rec.id, &process), process))
     }

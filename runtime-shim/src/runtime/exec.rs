@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{ContainerStatus, Result, Runtime, RuntimeError, new_id};
+use super::{Result, Runtime, RuntimeError, new_id};
 use crate::container::exec_reaper::{self, EXEC_ARG, ExecOutcome, ExecSpec};
 
 /// How long runc may take to hand over a terminal.
@@ -28,13 +28,7 @@ pub struct ExecSession {
 impl Runtime {
     /// Connects to the attach socket of running container `id`'s monitor.
     pub async fn attach(&self, id: &str) -> Result<tokio::net::UnixStream> {
-        let rec = self.container(id)?;
-        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
+        let rec = self.running_container(id)?;
         let path = self.io_socket(&rec.id, "attach");
         tokio::net::UnixStream::connect(&path).await.map_err(|e| {
             RuntimeError::Internal(anyhow::anyhow!(
@@ -55,16 +49,7 @@ impl Runtime {
         tty: bool,
         stdin: bool,
     ) -> Result<ExecSession> {
-        let rec = self.container(id)?;
-        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        if cmd.is_empty() {
-            return Err(RuntimeError::InvalidArgument("exec needs a command".into()));
-        }
+        let rec = self.exec_target(id, cmd)?;
         let process = self.exec_process_json(&rec, cmd, tty)?;
         let stem = process.with_extension("");
         let pid_file = stem.with_extension("pid");
