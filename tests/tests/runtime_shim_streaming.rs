@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -86,6 +87,25 @@ fn kubectl_status(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Everything `r` yields, gathered by a thread until EOF.
+fn collect(
+    mut r: impl std::io::Read + Send + 'static,
+) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(String::new()));
+    let thread = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = r.read(&mut buf) {
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    (seen, thread)
 }
 
 /// `kubectl exec box -c app -- cmd...` in namespace `ns`.
@@ -170,6 +190,8 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
                 {"name": "web", "image": WEB},
                 {"name": "console", "image": BUSYBOX, "command": ["sh"],
                  "stdin": true, "tty": true},
+                {"name": "reader", "image": BUSYBOX, "stdin": true,
+                 "command": ["sh", "-c", "while read l; do echo got-$l; echo err-$l >&2; done"]},
             ],
         },
     });
@@ -185,7 +207,7 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
                 .filter(|c| c["state"]["running"].is_object())
                 .count()
         });
-        Ok((running == Some(3)).then_some(()))
+        Ok((running == Some(4)).then_some(()))
     });
     let n = ns.name.as_str();
 
@@ -213,9 +235,11 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
     .unwrap();
     assert_eq!(out, "piped\ninput\ndone\n");
     let (code, _, err) = exec_in_app(cp, n, &["sh", "-c", "exit 3"]);
+    eprintln!("kubectl exec -- sh -c 'exit 3' (exit {code}): {err}");
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("command terminated with exit code 3"), "{err}");
     let (code, _, err) = exec_in_app(cp, n, &["/no/such/program"]);
+    eprintln!("kubectl exec -- /no/such/program (exit {code}): {err}");
     assert_ne!(code, 0);
     assert!(
         err.contains("/no/such/program") && err.contains("no such file"),
@@ -229,6 +253,7 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
         &["-n", n, "exec", "-it", "box", "-c", "app", "--", "sh"],
         "tty; stty size; echo typed-$((6*7))\nexit 5\n",
     );
+    eprintln!("kubectl exec -it (exit {code}):\n{screen}");
     assert_eq!(code, 5, "{screen}");
     assert!(screen.contains("/dev/pts/"), "{screen}");
     assert!(screen.contains("33 101"), "{screen}");
@@ -236,25 +261,43 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
 
     // attach to output: what the running process prints from now on.
     let mut attach = Background::kubectl(cp, &["-n", n, "attach", "box", "-c", "app"]);
-    let mut stdout = attach.0.stdout.take().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let seen = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
-                seen.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
+    let (seen, reader) = collect(attach.0.stdout.take().unwrap());
     kubelet.eventually("attached output", Duration::from_secs(30), || {
         let text = seen.lock().unwrap().clone();
         Ok((text.lines().filter(|l| l.starts_with("tick ")).count() >= 3).then_some(()))
     });
     drop(attach);
     reader.join().unwrap();
+
+    // attach -i without a terminal: input into the container's stdin pipe (kept open by
+    // its monitor), its stdout and stderr back apart.
+    let mut attach = Background(
+        Command::new(kube_bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["-n", n, "attach", "-i", "box", "-c", "reader"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut input = attach.0.stdin.take().unwrap();
+    let (out, err) = (
+        attach.0.stdout.take().unwrap(),
+        attach.0.stderr.take().unwrap(),
+    );
+    let (out, err) = (collect(out), collect(err));
+    kubelet.eventually("attached input echoed", Duration::from_secs(30), || {
+        // Repeated: what is sent before the session is up goes nowhere, as upstream.
+        input.write_all(b"line\n")?;
+        let (o, e) = (out.0.lock().unwrap().clone(), err.0.lock().unwrap().clone());
+        Ok((o.contains("got-line") && e.contains("err-line")).then_some(()))
+    });
+    assert!(!out.0.lock().unwrap().contains("err-"), "stderr kept apart");
+    drop(input);
+    drop(attach);
+    let _ = (out.1.join(), err.1.join());
 
     // attach -it: the container's own terminal (the monitor's pty): keystrokes reach
     // its shell, and the session ends when that shell exits.
@@ -263,6 +306,7 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
         &["-n", n, "attach", "-it", "box", "-c", "console"],
         "echo attached-$((2+3)); stty size\nexit 4\n",
     );
+    eprintln!("kubectl attach -it:\n{screen}");
     assert!(screen.contains("attached-5"), "{screen}");
     assert!(screen.contains("33 101"), "{screen}");
 
@@ -294,6 +338,18 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
         assert_eq!(again, body);
     }
     kubelet.check_running().unwrap();
+    // Every exec has ended: no reaper is left, nor any of its console sockets.
+    let reapers = Command::new("pgrep")
+        .args(["-f", &format!("__exec .*{}", dirs.base.display())])
+        .output()
+        .unwrap();
+    assert!(reapers.stdout.is_empty(), "exec reapers left running");
+    let io = std::fs::read_dir(dirs.base.join("state/io"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("exec-"))
+        .collect::<Vec<_>>();
+    assert!(io.is_empty(), "console sockets left: {io:?}");
     drop(ns);
     drop(kubelet);
     drop(shim);
