@@ -245,6 +245,12 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
         err.contains("/no/such/program") && err.contains("no such file"),
         "{err}"
     );
+    // Said once, by the status: runc's own copy of its error never reaches the client.
+    assert_eq!(err.matches("no such file").count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: Internal error occurred: error executing command in container: "),
+        "{err}"
+    );
 
     // exec -it: a real terminal (runc's pty, handed over by console socket), with the
     // size of kubectl's own terminal and the keystrokes typed into it.

@@ -21,6 +21,7 @@ const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ExecSession {
     pub child: tokio::process::Child,
     console: Option<tokio::net::UnixListener>,
+    pid_file: PathBuf,
     result: PathBuf,
     files: Vec<PathBuf>,
 }
@@ -81,7 +82,7 @@ impl Runtime {
                 console.as_ref().map(|(_, p)| p.as_path()),
                 &runc_log,
             ),
-            pid_file,
+            pid_file: pid_file.clone(),
             runc_log,
             result: result.clone(),
         };
@@ -100,6 +101,7 @@ impl Runtime {
         let session = ExecSession {
             child: c.spawn().context("starting the exec reaper")?,
             console: console.map(|(l, _)| l),
+            pid_file,
             result,
             files,
         };
@@ -161,6 +163,21 @@ impl ExecSession {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("receiving the terminal from runc: {e}"))
+    }
+
+    /// Waits until the process runs (runc wrote its pid), or for runc's error. Until
+    /// then the process's stderr is runc's too, where runc also prints its failure.
+    pub async fn started(&mut self) -> std::result::Result<(), String> {
+        loop {
+            let exited = self.child.try_wait().map_err(|e| e.to_string())?.is_some();
+            if self.pid_file.exists() {
+                return Ok(());
+            }
+            if exited {
+                return Err(self.failure());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits for the process: its exit code, or runc's error if it never started.

@@ -144,6 +144,8 @@ async fn exec<W: AsyncWrite + Unpin + Send + 'static>(
         let master = session.terminal().await?;
         copies.extend(terminal_pumps(master, streams, tx).map_err(|e| e.to_string())?);
     } else {
+        // Only the process's own output goes to the client, not runc's error line.
+        session.started().await?;
         let child = &mut session.child;
         if let (Some(stdin), Some(pipe)) = (streams.stdin.take(), child.stdin.take()) {
             tokio::spawn(pump_in(stdin, pipe));
@@ -366,14 +368,15 @@ mod tests {
 
     #[tokio::test]
     async fn resize_messages_split_across_frames_are_parsed() {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(4);
         let mut sizes = Resizes::new(Stream {
             id: 5,
             headers: vec![],
             incoming: rx,
         });
-        tx.send(br#"{"Width":80,"Hei"#.to_vec()).unwrap();
+        tx.send(br#"{"Width":80,"Hei"#.to_vec()).await.unwrap();
         tx.send(br#"ght":24}{"Width":132,"Height":50}"#.to_vec())
+            .await
             .unwrap();
         drop(tx);
         assert_eq!(sizes.next().await, Some((80, 24)));

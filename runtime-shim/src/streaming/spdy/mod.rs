@@ -23,6 +23,8 @@ const GOAWAY: u16 = 7;
 const FLAG_FIN: u8 = 0x01;
 /// Our DATA frames stay well below the 24-bit length limit.
 const MAX_DATA: usize = 32 * 1024;
+/// DATA frames a stream may have waiting for its consumer.
+const STREAM_BACKLOG: usize = 64;
 /// A peer's frame larger than this is a protocol error, not something to buffer.
 const MAX_FRAME: usize = 1 << 20;
 
@@ -184,7 +186,7 @@ pub struct Stream {
     pub id: u32,
     pub headers: Headers,
     /// The peer's data; `None` after its FIN (or a reset).
-    pub incoming: mpsc::UnboundedReceiver<Vec<u8>>,
+    pub incoming: mpsc::Receiver<Vec<u8>>,
 }
 
 impl Stream {
@@ -211,7 +213,7 @@ where
     let tx = sender.clone();
     tokio::spawn(async move {
         let mut inflater = Inflater::default();
-        let mut open: HashMap<u32, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
+        let mut open: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
         loop {
             let frame = match read_frame(&mut rd, &mut inflater).await {
                 Ok(f) => f,
@@ -226,7 +228,7 @@ where
                     if tx.reply(id).await.is_err() {
                         break;
                     }
-                    let (data_tx, incoming) = mpsc::unbounded_channel();
+                    let (data_tx, incoming) = mpsc::channel(STREAM_BACKLOG);
                     if !fin {
                         open.insert(id, data_tx);
                     }
@@ -245,7 +247,9 @@ where
                     if let Some(s) = open.get(&id)
                         && !data.is_empty()
                     {
-                        let _ = s.send(data);
+                        // A consumer that falls behind holds up the connection, as
+                        // spdystream's does, instead of piling the peer's data up here.
+                        let _ = s.send(data).await;
                     }
                     if fin {
                         open.remove(&id);
