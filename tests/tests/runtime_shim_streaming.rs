@@ -343,6 +343,43 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
         let again = run_ok(Command::new("curl").args(["-sf", "-m", "3", &url])).unwrap();
         assert_eq!(again, body);
     }
+    // A port nobody listens on: the connection fails and kubectl is told why.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut closed = Background(
+        Command::new(kube_bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args([
+                "-n",
+                n,
+                "port-forward",
+                "pod/box",
+                &format!("{closed_port}:81"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (told, told_thread) = collect(closed.0.stderr.take().unwrap());
+    let closed_url = format!("http://127.0.0.1:{closed_port}/");
+    let message = kubelet.eventually("the failure reported", Duration::from_secs(30), || {
+        let _ = run_ok(Command::new("curl").args(["-sf", "-m", "3", &closed_url]));
+        let text = told.lock().unwrap().clone();
+        Ok(text.contains("error forwarding port 81").then_some(text))
+    });
+    eprintln!("kubectl port-forward to a closed port: {message}");
+    assert!(
+        message.contains("connection refused") || message.contains("Connection refused"),
+        "{message}"
+    );
+    drop(closed);
+    let _ = told_thread.join();
     kubelet.check_running().unwrap();
     // Every exec has ended: no reaper is left, nor any of its console sockets.
     let reapers = Command::new("pgrep")

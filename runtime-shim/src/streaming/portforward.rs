@@ -44,12 +44,14 @@ pub async fn run<W: AsyncWrite + Unpin + Send + 'static>(
         if let (Some(_), Some(_)) = entry
             && let Some((Some(error), Some(data))) = halves.remove(&id)
         {
-            tokio::spawn(forward(netns.clone(), error, data, tx.clone()));
+            let pod = req.pod_sandbox_id.clone();
+            tokio::spawn(forward(pod, netns.clone(), error, data, tx.clone()));
         }
     }
 }
 
 async fn forward<W: AsyncWrite + Unpin>(
+    pod: String,
     netns: Option<PathBuf>,
     error: Stream,
     mut data: Stream,
@@ -57,10 +59,17 @@ async fn forward<W: AsyncWrite + Unpin>(
 ) {
     let port: Option<u16> = data.header("port").and_then(|p| p.parse().ok());
     let conn = match port {
+        // The kubelet's message around containerd's.
         Some(port) => connect(netns, port).await.map_err(|e| {
-            format!("error forwarding port {port} to pod: failed to connect to localhost:{port} inside the pod network namespace: {e}")
+            format!(
+                "error forwarding port {port} to pod {pod}, uid : failed to connect to \
+                 localhost:{port} inside namespace {pod:?}: {e}"
+            )
         }),
-        None => Err("invalid port header".to_string()),
+        None => Err(format!(
+            "invalid port header {:?}",
+            data.header("port").unwrap_or_default()
+        )),
     };
     let tcp = match conn {
         Ok(t) => t,
