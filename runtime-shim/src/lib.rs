@@ -7,3 +7,4 @@ pub mod image;
 pub mod runtime;
 pub mod sandbox;
 pub mod state;
+pub mod streaming;

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
-use runtime_shim::container::monitor;
 use runtime_shim::container::runc::Runc;
+use runtime_shim::container::{exec_reaper, monitor};
 use runtime_shim::cri::image_service::ImageServiceImpl;
 use runtime_shim::cri::runtime_service::RuntimeServiceImpl;
 use runtime_shim::cri::server;
@@ -17,6 +17,7 @@ use runtime_shim::image::registry::Mirrors;
 use runtime_shim::image::store::ImageStore;
 use runtime_shim::runtime::Runtime;
 use runtime_shim::sandbox::cni::Cni;
+use runtime_shim::streaming::{Streaming, Tokens};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "A CRI v1 container runtime")]
@@ -42,14 +43,22 @@ struct Args {
     /// Runtime state that does not survive a reboot: sockets, monitors.
     #[arg(long, default_value = "/run/runtime-shim")]
     state: PathBuf,
+    /// Where the exec/attach/port-forward streaming server listens (port 0: any free
+    /// port); the URLs Exec and PortForward return point here. Loopback by default, as
+    /// containerd's: the kubelet on this node proxies to it.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    stream_address: std::net::SocketAddr,
 }
 
 fn main() -> Result<()> {
-    // The same binary is each container's monitor (see container::monitor): dispatch
-    // before any runtime or thread exists, since the monitor forks and reaps.
+    // The same binary is each container's monitor (container::monitor) and each streaming
+    // exec's reaper (container::exec_reaper): dispatch before any runtime or thread
+    // exists, since both fork and reap.
     let mut argv = std::env::args();
-    if argv.nth(1).as_deref() == Some(monitor::MONITOR_ARG) {
-        monitor::run(&argv.next().unwrap_or_default());
+    match argv.nth(1).as_deref() {
+        Some(monitor::MONITOR_ARG) => monitor::run(&argv.next().unwrap_or_default()),
+        Some(exec_reaper::EXEC_ARG) => exec_reaper::run(&argv.next().unwrap_or_default()),
+        _ => {}
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -89,10 +98,21 @@ async fn daemon() -> Result<()> {
         cni,
     )
     .with_context(|| format!("opening runtime state in {}", args.root.display()))?;
+    let runtime = Arc::new(runtime);
+    let listener = tokio::net::TcpListener::bind(args.stream_address)
+        .await
+        .with_context(|| format!("binding the streaming server to {}", args.stream_address))?;
+    let streaming = Streaming {
+        tokens: Arc::new(Tokens::default()),
+        runtime: runtime.clone(),
+        addr: listener.local_addr()?,
+    };
+    tracing::info!(addr = %streaming.addr, "serving exec and port-forward streams");
+    tokio::spawn(runtime_shim::streaming::serve(listener, streaming.clone()));
     let router = tonic::transport::Server::builder()
         .add_service(ImageServiceServer::new(ImageServiceImpl::new(puller)))
         .add_service(RuntimeServiceServer::new(RuntimeServiceImpl::new(
-            Arc::new(runtime),
+            runtime, streaming,
         )));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -34,6 +34,24 @@ impl ShimDirs {
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.base.join("net.d")
     }
+
+    /// A minimal pod `name` in namespace default with a fresh UID, logging below these
+    /// dirs.
+    pub fn pod_config(&self, name: &str) -> k8s_cri::v1::PodSandboxConfig {
+        use k8s_cri::v1::{LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata};
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                namespace: "default".into(),
+                uid: unique_name("uid"),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.base.join("pods").join(name).display().to_string(),
+            linux: Some(LinuxPodSandboxConfig::default()),
+            ..Default::default()
+        }
+    }
 }
 
 impl Drop for ShimDirs {

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use node_tests::fixture::unique_name;
 use node_tests::registry::Registry;
 use node_tests::runtime_shim::{RuntimeShim, ShimDirs};
 use tonic::transport::Channel;
@@ -22,23 +21,8 @@ struct Pod {
     logs: std::path::PathBuf,
 }
 
-fn pod_config(dirs: &ShimDirs, name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: unique_name("uid"),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: dirs.base.join("pods").join(name).display().to_string(),
-        linux: Some(LinuxPodSandboxConfig::default()),
-        ..Default::default()
-    }
-}
-
 async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, dirs: &ShimDirs, name: &str) -> Pod {
-    let config = pod_config(dirs, name);
+    let config = dirs.pod_config(name);
     let id = rt
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),

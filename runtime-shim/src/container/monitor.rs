@@ -5,7 +5,9 @@
 //! runtime-shim never touches running containers.
 //!
 //! It talks to the daemon through files in the container's directory:
-//! `created` (init pid) or `create-failed` (runc's error), then `exit` (JSON).
+//! `created` (init pid) or `create-failed` (runc's error), then `exit` (JSON), and
+//! serves the container's stdio on its attach socket (see [`super::attach`]). A tty
+//! container's terminal is the monitor's: runc hands the master to its console socket.
 
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::attach::{self, Hub, Input};
 use super::logs::{LineSplitter, LogWriter, Stream};
 
 /// The hidden first argument that turns the runtime-shim binary into a monitor.
@@ -39,6 +42,14 @@ pub struct MonitorSpec {
     pub create_argv: Vec<String>,
     /// memory cgroup directory of the container, to tell OOM kills apart.
     pub memory_cgroup: Option<PathBuf>,
+    /// Where to serve attach.
+    pub attach_socket: PathBuf,
+    /// The `--console-socket` of `create_argv`, for a container with a terminal.
+    pub console_socket: Option<PathBuf>,
+    /// Keep a stdin open for attach (ContainerConfig.stdin), closed after the first
+    /// attach session's input ends if `stdin_once`.
+    pub stdin: bool,
+    pub stdin_once: bool,
 }
 
 pub fn created_file(bundle: &Path) -> PathBuf {
@@ -119,43 +130,83 @@ fn monitor(spec_json: &str) -> io::Result<()> {
     unsafe {
         libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
     }
-    let (out_r, out_w) = nix::unistd::pipe().map_err(io::Error::from)?;
-    let (err_r, err_w) = nix::unistd::pipe().map_err(io::Error::from)?;
     let writer = Arc::new(Mutex::new(LogWriter::open(&spec.log_path)?));
+    let console = match &spec.console_socket {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            Some(std::os::unix::net::UnixListener::bind(path)?)
+        }
+        None => None,
+    };
+    // Without a terminal: pipes for output, and for input if the container wants it.
+    // Close-on-exec, so only the ends handed over as stdio reach runc and the container:
+    // a container holding its own stdin's write end would never see EOF.
+    let (outputs, stdin_w, create_stdio) = if console.is_some() {
+        (vec![], None, [Stdio::null(), Stdio::null(), Stdio::null()])
+    } else {
+        let (out_r, out_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let (stdin, stdin_w) = if spec.stdin {
+            let (r, w) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+            (Stdio::from(r), Some(std::fs::File::from(w)))
+        } else {
+            (Stdio::null(), None)
+        };
+        (
+            vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+            stdin_w,
+            [stdin, Stdio::from(out_w), Stdio::from(err_w)],
+        )
+    };
 
     let pid_file = spec.bundle.join("init.pid");
     let mut create = std::process::Command::new(&spec.create_argv[0]);
+    let [stdin, stdout, stderr] = create_stdio;
     create
         .args(&spec.create_argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w));
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr);
     let status = create.status()?;
-    // The Command still holds our copies of the pipes' write ends: close them, or the
-    // log pumps would never see EOF after the container exits.
+    // The Command still holds our copies of the pipes' container ends: close them, or
+    // the log pumps would never see EOF after the container exits.
     drop(create);
     if !status.success() {
-        let log = std::fs::read_to_string(spec.bundle.join("runc.log")).unwrap_or_default();
-        let msg = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["level"] == "error" || v["level"] == "fatal")
-            .filter_map(|v| v["msg"].as_str().map(str::to_string))
-            .next_back()
-            .or_else(|| {
-                log.lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map(str::to_string)
-            })
+        let msg = super::runc::last_error(&spec.bundle.join("runc.log"))
             .unwrap_or_else(|| format!("runc create exited with {status}"));
         write_atomic(&create_failed_file(&spec.bundle), msg.as_bytes())?;
         return Ok(());
     }
+    // runc sent the terminal before `create` returned: it waits in the backlog.
+    let (outputs, input) = match (console, stdin_w) {
+        (Some(listener), _) => {
+            listener.set_nonblocking(true)?;
+            let (conn, _) = listener.accept()?;
+            conn.set_nonblocking(false)?;
+            let master = super::console::receive_master(&conn)?;
+            if let Some(p) = &spec.console_socket {
+                let _ = std::fs::remove_file(p);
+            }
+            let output = master.try_clone()?;
+            (vec![(output, Stream::Stdout)], Input::Terminal(master))
+        }
+        (None, Some(w)) => (outputs, Input::Pipe(Mutex::new(Some(w)))),
+        (None, None) => (outputs, Input::None),
+    };
     let init_pid: i32 = std::fs::read_to_string(&pid_file)?
         .trim()
         .parse()
         .map_err(io::Error::other)?;
+    let hub = Arc::new(Hub::new(input, spec.stdin_once));
+    let _ = std::fs::remove_file(&spec.attach_socket);
+    let listener = std::os::unix::net::UnixListener::bind(&spec.attach_socket)?;
+    std::thread::spawn({
+        let hub = hub.clone();
+        move || hub.serve(listener)
+    });
     write_atomic(&created_file(&spec.bundle), init_pid.to_string().as_bytes())?;
 
     // Reopen promptly on SIGUSR1 even when the container is silent.
@@ -170,15 +221,21 @@ fn monitor(spec_json: &str) -> io::Result<()> {
             }
         });
     }
-    let pumps = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)].map(|(fd, stream)| {
-        let writer = writer.clone();
-        std::thread::spawn(move || pump(fd, stream, &writer))
-    });
+    let pumps: Vec<_> = outputs
+        .into_iter()
+        .map(|(fd, stream)| {
+            let writer = writer.clone();
+            let hub = hub.clone();
+            std::thread::spawn(move || pump(fd, stream, &writer, &hub))
+        })
+        .collect();
 
     let exit_code = reap(init_pid);
     for p in pumps {
         let _ = p.join();
     }
+    hub.close_all();
+    let _ = std::fs::remove_file(&spec.attach_socket);
     let oom_killed = spec
         .memory_cgroup
         .as_deref()
@@ -202,7 +259,7 @@ fn monitor(spec_json: &str) -> io::Result<()> {
 }
 
 /// Waits for the container's init, reaping any other orphan that lands on us.
-fn reap(init_pid: i32) -> i32 {
+pub(crate) fn reap(init_pid: i32) -> i32 {
     use nix::sys::wait::{WaitStatus, waitpid};
     loop {
         match waitpid(None, None) {
@@ -218,7 +275,9 @@ fn reap(init_pid: i32) -> i32 {
     }
 }
 
-fn pump(fd: OwnedFd, stream: Stream, writer: &Mutex<LogWriter>) {
+/// One output of the container to the log and to attached clients, until EOF (or EIO:
+/// a terminal whose last slave closed).
+fn pump(fd: OwnedFd, stream: Stream, writer: &Mutex<LogWriter>, hub: &Hub) {
     let mut file = std::fs::File::from(fd);
     let mut splitter = LineSplitter::default();
     let mut buf = vec![0u8; 32 * 1024];
@@ -233,6 +292,13 @@ fn pump(fd: OwnedFd, stream: Stream, writer: &Mutex<LogWriter>) {
         match file.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                hub.broadcast(
+                    match stream {
+                        Stream::Stdout => attach::STDOUT,
+                        Stream::Stderr => attach::STDERR,
+                    },
+                    &buf[..n],
+                );
                 if splitter.feed(&buf[..n], &mut emit).is_err() {
                     break;
                 }

@@ -10,8 +10,14 @@ use tokio::process::Command;
 #[tonic::async_trait]
 pub trait OciRuntime: Send + Sync {
     /// The command that creates container `id` from `bundle`; run by the container's
-    /// monitor, which owns its stdio.
-    fn create_command(&self, id: &str, bundle: &Path, pid_file: &Path) -> std::process::Command;
+    /// monitor, which owns its stdio (and its terminal, sent to `console_socket`).
+    fn create_command(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+    ) -> std::process::Command;
     async fn start(&self, id: &str) -> Result<()>;
     async fn kill(&self, id: &str, signal: i32) -> Result<()>;
     /// Deletes the container; succeeds if it does not exist.
@@ -20,6 +26,33 @@ pub trait OciRuntime: Send + Sync {
     async fn status(&self, id: &str) -> Result<Option<String>>;
     /// A command running `args` inside the container (for ExecSync).
     fn exec_command(&self, id: &str, process_json: &Path) -> Command;
+    /// The command line that starts `process_json` in the container and returns once it
+    /// runs (writing its pid to `pid_file`), handing a terminal's master to
+    /// `console_socket`; run by the exec reaper, which adopts the process.
+    fn exec_detached_argv(
+        &self,
+        id: &str,
+        process_json: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        log: &Path,
+    ) -> Vec<String>;
+}
+
+/// The last error runc logged in its `--log` file (JSON lines), or else its last line.
+pub fn last_error(log: &Path) -> Option<String> {
+    let log = std::fs::read_to_string(log).ok()?;
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error" || v["level"] == "fatal")
+        .filter_map(|v| v["msg"].as_str().map(str::to_string))
+        .next_back()
+        .or_else(|| {
+            log.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
 }
 
 pub struct Runc {
@@ -50,7 +83,13 @@ impl Runc {
 
 #[tonic::async_trait]
 impl OciRuntime for Runc {
-    fn create_command(&self, id: &str, bundle: &Path, pid_file: &Path) -> std::process::Command {
+    fn create_command(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+    ) -> std::process::Command {
         let mut c = std::process::Command::new(&self.binary);
         c.arg("--root")
             .arg(&self.root)
@@ -60,8 +99,11 @@ impl OciRuntime for Runc {
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id);
+            .arg(pid_file);
+        if let Some(socket) = console_socket {
+            c.arg("--console-socket").arg(socket);
+        }
+        c.arg(id);
         c
     }
 
@@ -112,5 +154,36 @@ impl OciRuntime for Runc {
         let mut c = self.cmd();
         c.arg("exec").arg("--process").arg(process_json).arg(id);
         c
+    }
+
+    fn exec_detached_argv(
+        &self,
+        id: &str,
+        process_json: &Path,
+        pid_file: &Path,
+        console_socket: Option<&Path>,
+        log: &Path,
+    ) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        let mut argv = vec![
+            path(&self.binary),
+            "--root".into(),
+            path(&self.root),
+            "--log".into(),
+            path(log),
+            "--log-format".into(),
+            "json".into(),
+            "exec".into(),
+            "--detach".into(),
+            "--process".into(),
+            path(process_json),
+            "--pid-file".into(),
+            path(pid_file),
+        ];
+        if let Some(socket) = console_socket {
+            argv.extend(["--console-socket".into(), path(socket)]);
+        }
+        argv.push(id.to_string());
+        argv
     }
 }

@@ -120,6 +120,7 @@ pub fn build(
                 .build()?,
         );
     let caps = capabilities(&sec)?;
+    let seccomp = super::seccomp::for_container(&sec, &caps)?;
     process = process.capabilities(
         // Inheritable and ambient stay empty (oci-spec's builder would otherwise fill
         // them with its defaults): ambient capabilities would reach non-root processes,
@@ -249,6 +250,9 @@ pub fn build(
             sec.readonly_paths.clone()
         };
         linux = linux.masked_paths(masked).readonly_paths(readonly);
+    }
+    if let Some(filter) = seccomp {
+        linux = linux.seccomp(filter);
     }
     spec.set_linux(Some(linux.build()?));
     Ok(BuiltSpec { spec, cgroups_path })

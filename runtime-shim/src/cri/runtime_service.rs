@@ -11,14 +11,16 @@ use tonic::{Request, Response, Status};
 use crate::runtime::{
     ContainerRecord, ContainerStatus as Live, Runtime, RuntimeError, SandboxState,
 };
+use crate::streaming::{Request as StreamRequest, Streaming};
 
 pub struct RuntimeServiceImpl {
     rt: Arc<Runtime>,
+    streaming: Streaming,
 }
 
 impl RuntimeServiceImpl {
-    pub fn new(rt: Arc<Runtime>) -> Self {
-        RuntimeServiceImpl { rt }
+    pub fn new(rt: Arc<Runtime>, streaming: Streaming) -> Self {
+        RuntimeServiceImpl { rt, streaming }
     }
 }
 
@@ -42,6 +44,30 @@ fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, Str
 }
 
 impl RuntimeServiceImpl {
+    /// What Exec and Attach both require: a sensible set of streams on a running
+    /// container (containerd's checks and messages).
+    fn check_streams(
+        &self,
+        id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
+    ) -> Result<(), Status> {
+        if !(stdin || stdout || stderr) {
+            return Err(Status::invalid_argument(
+                "one of stdin, stdout, or stderr must be set",
+            ));
+        }
+        if tty && stderr {
+            return Err(Status::invalid_argument(
+                "tty and stderr cannot both be true",
+            ));
+        }
+        self.rt.running_container(id).map_err(status)?;
+        Ok(())
+    }
+
     fn container_state(&self, rec: &ContainerRecord) -> (ContainerState, Live) {
         let live = self.rt.container_status(rec);
         let state = match &live {
@@ -502,19 +528,54 @@ impl RuntimeService for RuntimeServiceImpl {
         Ok(Response::new(ReopenContainerLogResponse {}))
     }
 
-    async fn exec(&self, _r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        unimplemented("Exec")
+    async fn exec(&self, r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let req = r.into_inner();
+        if req.cmd.is_empty() {
+            return Err(Status::invalid_argument("exec needs a command"));
+        }
+        self.check_streams(
+            &req.container_id,
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.tty,
+        )?;
+        let url = self.streaming.url(StreamRequest::Exec(req));
+        Ok(Response::new(ExecResponse { url }))
     }
 
-    async fn attach(&self, _r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        unimplemented("Attach")
+    async fn attach(&self, r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        let req = r.into_inner();
+        // The streams are the client's choice; input reaches a container only if it was
+        // created with stdin (its monitor drops it otherwise).
+        self.check_streams(
+            &req.container_id,
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.tty,
+        )?;
+        let url = self.streaming.url(StreamRequest::Attach(req));
+        Ok(Response::new(AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _r: Request<PortForwardRequest>,
+        r: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        unimplemented("PortForward")
+        let req = r.into_inner();
+        let sb = self
+            .rt
+            .sandbox(&req.pod_sandbox_id)
+            .ok_or_else(|| Status::not_found(format!("no pod sandbox {}", req.pod_sandbox_id)))?;
+        if !matches!(sb.state, SandboxState::Ready) {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready",
+                sb.id
+            )));
+        }
+        let url = self.streaming.url(StreamRequest::PortForward(req));
+        Ok(Response::new(PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -160,6 +160,8 @@ impl Runtime {
                         .display()
                         .to_string()
                 };
+                std::fs::create_dir_all(self.state.join("io"))?;
+                let console_socket = config.tty.then(|| self.io_socket(&id, "console"));
                 let mspec = MonitorSpec {
                     id: id.clone(),
                     bundle: bundle.clone(),
@@ -169,9 +171,12 @@ impl Runtime {
                         PathBuf::from(&log_path)
                     },
                     create_argv: {
-                        let c = self
-                            .oci
-                            .create_command(&id, &bundle, &bundle.join("init.pid"));
+                        let c = self.oci.create_command(
+                            &id,
+                            &bundle,
+                            &bundle.join("init.pid"),
+                            console_socket.as_deref(),
+                        );
                         std::iter::once(c.get_program().to_string_lossy().into_owned())
                             .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
                             .collect()
@@ -180,6 +185,10 @@ impl Runtime {
                         Path::new("/sys/fs/cgroup/memory")
                             .join(built.cgroups_path.trim_start_matches('/')),
                     ),
+                    attach_socket: self.io_socket(&id, "attach"),
+                    console_socket,
+                    stdin: config.stdin,
+                    stdin_once: config.stdin_once,
                 };
                 monitor::spawn(&mspec).context("starting the container monitor")?;
                 wait_created(&bundle).await?;
@@ -205,6 +214,9 @@ impl Runtime {
                 let _ = self.oci.delete(&id).await;
                 let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
                 let _ = std::fs::remove_dir_all(&dir);
+                for kind in ["attach", "console"] {
+                    let _ = std::fs::remove_file(self.io_socket(&id, kind));
+                }
                 Err(e)
             }
         }
@@ -289,6 +301,9 @@ impl Runtime {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
+        for kind in ["attach", "console"] {
+            let _ = std::fs::remove_file(self.io_socket(&rec.id, kind));
+        }
         self.containers.remove(&rec.id)?;
         Ok(())
     }
@@ -302,13 +317,7 @@ impl Runtime {
 
     /// Asks the monitor to reopen the log file (after the kubelet rotated it).
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
-        let rec = self.container(id)?;
-        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
+        let rec = self.running_container(id)?;
         let bundle = self.container_dir(&rec.id).join("bundle");
         let pid: i32 = std::fs::read_to_string(monitor::monitor_pid_file(&bundle))?
             .trim()
@@ -325,6 +334,27 @@ impl Runtime {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+
+    /// The record of `id` if it is running (what exec, attach and log reopening need).
+    pub fn running_container(&self, id: &str) -> Result<ContainerRecord> {
+        let rec = self.container(id)?;
+        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
+            return Err(RuntimeError::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// The running container `cmd` may be exec'd in.
+    pub(crate) fn exec_target(&self, id: &str, cmd: &[String]) -> Result<ContainerRecord> {
+        let rec = self.running_container(id)?;
+        if cmd.is_empty() {
+            return Err(RuntimeError::InvalidArgument("exec needs a command".into()));
+        }
+        Ok(rec)
     }
 
     pub fn container(&self, id: &str) -> Result<ContainerRecord> {
@@ -367,18 +397,7 @@ impl Runtime {
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
-        let rec = self.container(id)?;
-        if !matches!(self.container_status(&rec), ContainerStatus::Running) {
-            return Err(RuntimeError::FailedPrecondition(format!(
-                "container {} is not running",
-                rec.id
-            )));
-        }
-        if cmd.is_empty() {
-            return Err(RuntimeError::InvalidArgument("exec needs a command".into()));
-        }
-        let process = self.exec_process_json(&rec, cmd)?;
-        let mut c = self.oci.exec_command(&rec.id, &process);
+        let (mut c, process) = self.exec_command(id, cmd)?;
         c.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
@@ -401,20 +420,13 @@ impl Runtime {
         Ok((cap(out.stdout), cap(out.stderr), code))
     }
 
-    /// The process.json for `runc exec`: the container's own env, user and cwd.
-    fn exec_process_json(&self, rec: &ContainerRecord, cmd: &[String]) -> Result<PathBuf> {
-        let bundle = self.container_dir(&rec.id).join("bundle");
-        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
-            .context("reading config.json")?;
-        let mut process = spec.process().clone().unwrap_or_default();
-        process.set_args(Some(cmd.to_vec()));
-        process.set_terminal(Some(false));
-        let path = bundle.join(format!("exec-{}.json", &new_id()[..12]));
-        std::fs::write(
-            &path,
-            serde_json::to_vec(&process).context("encoding process")?,
-        )?;
-        Ok(path)
+    /// `runc exec` of `cmd` in running container `id` with the container's env, user and
+    /// cwd, and the process.json it reads (the caller removes it when the process has
+    /// ended). Stdio is the caller's to wire.
+    fn exec_command(&self, id: &str, cmd: &[String]) -> Result<(tokio::process::Command, PathBuf)> {
+        let rec = self.exec_target(id, cmd)?;
+        let process = self.exec_process_json(&rec, cmd, false)?;
+        Ok((self.oci.exec_command(&rec.id, &process), process))
     }
 }
 

@@ -2,6 +2,7 @@
 //! and the monitors say about them. The CRI layer only translates to and from this.
 
 mod containers;
+mod exec;
 mod sandboxes;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use crate::sandbox::namespaces::PodNamespaces;
 use crate::state::records::{Record, RecordStore};
 
 pub use containers::ContainerStatus;
+pub use exec::ExecSession;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SandboxState {
@@ -121,6 +123,14 @@ impl Runtime {
 
     pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)
+    }
+
+    /// A container's socket of `kind` (attach, console). In the state dir, named by
+    /// half the ID: a unix socket path must stay under 108 bytes.
+    pub(crate) fn io_socket(&self, id: &str, kind: &str) -> PathBuf {
+        self.state
+            .join("io")
+            .join(format!("{}.{kind}", &id[..id.len().min(32)]))
     }
 }
 
