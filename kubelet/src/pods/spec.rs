@@ -3,6 +3,7 @@
 //! can find which pod and container a runtime object belongs to).
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -184,6 +185,7 @@ pub fn container_config(
     restart_count: u32,
     env: &EnvVars,
     mounts: Vec<cri::Mount>,
+    root_dir: &Path,
 ) -> cri::ContainerConfig {
     let id = PodIdentity::of(pod);
     let mut labels = id.labels();
@@ -209,6 +211,12 @@ pub fn container_config(
         .as_ref()
         .and_then(|s| s.security_context.clone())
         .unwrap_or_default();
+    let seccomp = seccomp_profile(
+        sec.seccomp_profile
+            .as_ref()
+            .or(pod_sec.seccomp_profile.as_ref()),
+        root_dir,
+    );
     let run_as_user = sec.run_as_user.or(pod_sec.run_as_user);
     let run_as_group = sec.run_as_group.or(pod_sec.run_as_group);
     cri::ContainerConfig {
@@ -230,6 +238,7 @@ pub fn container_config(
         log_path: format!("{}/{restart_count}.log", c.name),
         tty: c.tty.unwrap_or(false),
         stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
                 privileged: sec.privileged.unwrap_or(false),
@@ -250,6 +259,7 @@ pub fn container_config(
                     drop_capabilities: caps.drop.unwrap_or_default(),
                     ..Default::default()
                 }),
+                seccomp: Some(seccomp),
                 ..Default::default()
             }),
             ..Default::default()
@@ -258,9 +268,87 @@ pub fn container_config(
     }
 }
 
+/// The CRI form of a seccompProfile (the container's, else the pod's). Unset means
+/// Unconfined, as in upstream without the SeccompDefault feature; a Localhost profile
+/// is a path relative to `<root-dir>/seccomp`, as upstream resolves it.
+fn seccomp_profile(
+    profile: Option<&k8s_openapi::api::core::v1::SeccompProfile>,
+    root_dir: &Path,
+) -> cri::SecurityProfile {
+    use cri::security_profile::ProfileType;
+    let (profile_type, localhost_ref) = match profile.map(|p| p.type_.as_str()) {
+        Some("RuntimeDefault") => (ProfileType::RuntimeDefault, String::new()),
+        Some("Localhost") => (
+            ProfileType::Localhost,
+            root_dir
+                .join("seccomp")
+                .join(
+                    profile
+                        .and_then(|p| p.localhost_profile.as_deref())
+                        .unwrap_or_default(),
+                )
+                .display()
+                .to_string(),
+        ),
+        _ => (ProfileType::Unconfined, String::new()),
+    };
+    cri::SecurityProfile {
+        profile_type: profile_type as i32,
+        localhost_ref,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seccomp_profiles_resolve_as_upstream() {
+        use cri::security_profile::ProfileType;
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "web", "uid": "u"},
+            "spec": {
+                "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [
+                    {"name": "a", "image": "busybox"},
+                    {"name": "b", "image": "busybox", "securityContext": {"seccompProfile":
+                        {"type": "Localhost", "localhostProfile": "profiles/audit.json"}}},
+                    {"name": "c", "image": "busybox", "stdinOnce": true, "stdin": true,
+                     "securityContext": {"seccompProfile": {"type": "Unconfined"}}}
+                ]
+            }
+        }))
+        .unwrap();
+        let containers = &pod.spec.as_ref().unwrap().containers;
+        let config = |i: usize| {
+            container_config(
+                &pod,
+                &containers[i],
+                0,
+                &EnvVars::default(),
+                Vec::new(),
+                Path::new("/var/lib/kubelet"),
+            )
+        };
+        let seccomp = |i: usize| {
+            config(i)
+                .linux
+                .unwrap()
+                .security_context
+                .unwrap()
+                .seccomp
+                .unwrap()
+        };
+        assert_eq!(seccomp(0).profile_type, ProfileType::RuntimeDefault as i32);
+        assert_eq!(seccomp(1).profile_type, ProfileType::Localhost as i32);
+        assert_eq!(
+            seccomp(1).localhost_ref,
+            "/var/lib/kubelet/seccomp/profiles/audit.json"
+        );
+        assert_eq!(seccomp(2).profile_type, ProfileType::Unconfined as i32);
+        assert!(config(2).stdin_once && config(2).stdin);
+        assert!(!config(0).stdin_once);
+    }
 
     #[test]
     fn cluster_first_dns() {

@@ -704,7 +704,7 @@ impl Worker {
             .unwrap_or(false);
         let mounts = volumes::container_mounts(self.volumes.ready(), c, privileged, &env)
             .map_err(config_error)?;
-        let config = spec::container_config(pod, c, attempt, &env, mounts);
+        let config = spec::container_config(pod, c, attempt, &env, mounts, &self.ctx.root_dir);
         let mut rt = self.ctx.cri.runtime_client();
         let id = rt
             .create_container(cri::CreateContainerRequest {
