@@ -14,6 +14,7 @@ use crate::cni::{
     CURRENT_VERSION, CniArgs, CniError, CniResult, Command, ErrorCode, Interface, IpConfig,
     NetConf, Route, SUPPORTED_VERSIONS, VersionResult,
 };
+use crate::error_chain;
 use crate::net::veth::{delete_link, find_link};
 use crate::net::{
     NetError, NetNs, POD_GATEWAY, PodLinks, PodNetwork, check_pod_network, host_netlink,
@@ -137,17 +138,6 @@ fn net_error(e: NetError) -> CniError {
             e.to_string(),
         ),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 async fn add(args: &CniArgs, conf: &NetConf) -> Result<Value, CniError> {
