@@ -162,7 +162,6 @@ fn eni_daemon(
     }
     let config = EniConfig::from_env().map_err(anyhow::Error::msg)?;
     let imds = Imds::new(&args.imds_endpoint)?;
-    let (ipam, replay) = EniIpam::open(state_dir, config.cooldown_ms, now_ms())?;
     runtime()?.block_on(async {
         let instance = imds
             .instance()
@@ -174,6 +173,8 @@ fn eni_daemon(
                 instance.instance_type
             )
         })?;
+        // Only now that the node is known does ipamd touch its state directory.
+        let (ipam, replay) = EniIpam::open(state_dir, config.cooldown_ms, now_ms())?;
         let ec2 = SdkEc2::new(&instance.region, args.ec2_endpoint.as_deref()).await;
         tracing::info!(
             instance_id = %instance.instance_id,
