@@ -619,8 +619,8 @@ fn warm_ip_target_holds_through_adds_and_dels_as_ec2_lists_it() {
 }
 
 #[test]
-fn warm_eni_target_attaches_a_second_eni_that_pods_route_through() {
-    let mut w = World::new(1, &[]);
+fn warm_eni_target_attaches_a_second_eni_that_pods_route_through_and_frees_it() {
+    let mut w = World::new(1, &[("IP_COOLDOWN_PERIOD", "2")]);
     // WARM_ENI_TARGET=1 (the default) on m5.large: the primary's 9 secondary IPs.
     let s = w.wait_pool(9, 9, Duration::from_secs(30));
     assert_eq!(s.enis.len(), 1);
@@ -678,8 +678,10 @@ fn warm_eni_target_attaches_a_second_eni_that_pods_route_through() {
     // may take IPs of the primary), then check its rules and ping the VPC router.
     let eni1_ips: BTreeSet<String> = s.enis[1].ips.iter().cloned().collect();
     let mut on_second = None;
+    let mut plugin_pods = Vec::new();
     for i in 0..10 {
         let ns = w.pod_netns(&format!("p{i}"));
+        plugin_pods.push(ns.clone());
         let out = w.cni("ADD", &ns, &w.conf());
         assert!(
             out.status.success(),
@@ -725,6 +727,38 @@ fn warm_eni_target_attaches_a_second_eni_that_pods_route_through() {
     );
     let rules = ip_json(&["-n", &w.node_ns, "rule", "show"]);
     assert!(rules.iter().all(|r| r["src"] != ip.as_str()), "{rules:?}");
+
+    // Every pod gone: once the cooldown is over, the ENIs beyond one ENI's worth of free
+    // IPs are detached and deleted, and the node's interface goes with them.
+    for ns in &plugin_pods {
+        let out = w.cni("DEL", ns, &w.conf());
+        assert!(
+            out.status.success(),
+            "DEL: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    w.del("pod-0");
+    let s = w.wait_pool(9, 9, Duration::from_secs(40));
+    assert_eq!((s.enis.len(), s.assigned), (1, 0), "{s:?}");
+    assert_eq!(w.ec2_enis().len(), 1);
+    let leftovers = block_on(
+        w.ec2
+            .detached_enis_tagged("node.k8s.amazonaws.com/instance_id", w.instance_id()),
+    )
+    .unwrap();
+    assert!(
+        leftovers.is_empty(),
+        "detached but not deleted: {leftovers:?}"
+    );
+    eventually("vpc.py unplugs eth1", Duration::from_secs(10), || {
+        let links = ip_json(&["-n", &w.node_ns, "link", "show"]);
+        links
+            .iter()
+            .all(|l| l["ifname"] != "eth1")
+            .then_some(())
+            .ok_or_else(|| format!("{links:?}"))
+    });
 }
 
 #[test]
