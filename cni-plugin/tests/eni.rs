@@ -849,3 +849,45 @@ fn kill_9_in_a_burst_of_adds_loses_no_completed_add_and_restart_follows_ec2() {
         assert_eq!(ip_of(&w.add(id).unwrap()), *ip, "{id}");
     }
 }
+
+#[test]
+fn a_full_node_fails_status_and_add_until_an_ip_is_free_again() {
+    let w = World::new(3, &[("MAX_ENI", "1"), ("IP_COOLDOWN_PERIOD", "1")]);
+    w.wait_pool(9, 9, Duration::from_secs(30));
+    let status = |w: &World| w.cni("STATUS", "unused", &w.conf());
+    let out = status(&w);
+    assert!(
+        out.status.success(),
+        "STATUS: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // MAX_ENI=1: the primary's 9 IPs are all this node gets.
+    let pods: Vec<String> = (0..9).map(|i| format!("full-{i}")).collect();
+    for p in &pods {
+        w.add(p).unwrap();
+    }
+    let e = w.add("one-too-many").unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    let out = status(&w);
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["code"], 50, "{err}");
+    assert_eq!(err["msg"], "no free pod IP", "{err}");
+    assert_eq!(
+        w.ec2_enis().len(),
+        1,
+        "MAX_ENI=1 must not attach another ENI"
+    );
+
+    // A DEL frees an IP; once its cooldown is over the node is ready again.
+    w.del(&pods[0]);
+    eventually("STATUS succeeds again", Duration::from_secs(10), || {
+        let out = status(&w);
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert!(w.add("one-too-many").is_ok());
+}
