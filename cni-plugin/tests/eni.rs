@@ -561,7 +561,14 @@ fn ip_of(reply: &pb::AddNetworkReply) -> Ipv4Addr {
 
 #[test]
 fn warm_ip_target_holds_through_adds_and_dels_as_ec2_lists_it() {
-    let w = World::new(0, &[("WARM_IP_TARGET", "3"), ("IP_COOLDOWN_PERIOD", "2")]);
+    let w = World::new(
+        0,
+        &[
+            ("WARM_IP_TARGET", "3"),
+            ("IP_COOLDOWN_PERIOD", "2"),
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"),
+        ],
+    );
     // The pool fills up to 3 on the primary ENI, and EC2 lists exactly those.
     let s = w.wait_pool(3, 3, Duration::from_secs(30));
     assert_eq!(s.mode, "eni");
@@ -577,6 +584,21 @@ fn warm_ip_target_holds_through_adds_and_dels_as_ec2_lists_it() {
     let b = w.add("pod-b").unwrap();
     assert_ne!(ip_of(&a), ip_of(&b));
     assert_eq!((a.route_table, a.existing), (254, false));
+    // External SNAT: pods' rules cover every destination, and the node adds no SNAT.
+    assert!(a.rule_destinations.is_empty(), "{a:?}");
+    assert!(!quiet(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &w.node_ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-S",
+            "AWS-SNAT-CHAIN-0"
+        ]
+    ));
     let ec2 = w.ec2_secondary_ips();
     assert!(
         ec2.contains(&ip_of(&a)) && ec2.contains(&ip_of(&b)),
@@ -655,6 +677,23 @@ fn warm_eni_target_attaches_a_second_eni_that_pods_route_through_and_frees_it() 
         ip_json(&["-n", &w.node_ns, "link", "show", "eth1"])[0]["address"] == second.mac.as_str()
     );
 
+    // SNAT (the default): traffic leaving the VPC appears from the node's primary IP.
+    let primary_ip = enis[0].primary_ip.to_string();
+    let nat = run(
+        "ip",
+        &["netns", "exec", &w.node_ns, "iptables", "-t", "nat", "-S"],
+    );
+    for want in [
+        "-A POSTROUTING -m comment --comment \"AWS SNAT CHAIN\" -j AWS-SNAT-CHAIN-0".to_string(),
+        format!(
+            "-A AWS-SNAT-CHAIN-0 -d {} -m comment --comment \"AWS SNAT CHAIN\" -j RETURN",
+            w.vpc_cidr
+        ),
+        format!("--to-source {primary_ip} --random-fully"),
+    ] {
+        assert!(nat.contains(&want), "{want:?} not in {nat}");
+    }
+
     // The node side of the ENI: its primary IP on eth1, table 2 through the gateway.
     let addrs = ip_json(&["-n", &w.node_ns, "addr", "show", "dev", "eth1"]);
     let has_primary = addrs[0]["addr_info"]
@@ -703,9 +742,11 @@ fn warm_eni_target_attaches_a_second_eni_that_pods_route_through_and_frees_it() 
     let (ns, ip) = on_second.expect("no pod landed on the second ENI in 10 ADDs");
     let rules = ip_json(&["-n", &w.node_ns, "rule", "show"]);
     assert!(
-        rules
-            .iter()
-            .any(|r| r["src"] == ip.as_str() && r["table"] == "2" && r["priority"] == 1536),
+        rules.iter().any(|r| r["src"] == ip.as_str()
+            && r["table"] == "2"
+            && r["priority"] == 1536
+            && r["dst"] == w.vpc_cidr.split('/').next().unwrap()
+            && r["dstlen"] == 16),
         "{rules:?}"
     );
     assert!(

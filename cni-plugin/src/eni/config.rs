@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
+
 use crate::ipam::COOLDOWN_MS;
+use crate::net::snat::Randomize;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EniConfig {
@@ -24,6 +27,14 @@ pub struct EniConfig {
     pub additional_eni_tags: Vec<(String, String)>,
     /// How often the pool is checked against the targets and EC2 without an ADD asking.
     pub reconcile_interval: Duration,
+    /// AWS_VPC_K8S_CNI_EXTERNALSNAT (default false): something outside the node (a NAT
+    /// gateway) translates pod traffic leaving the VPC, so ipamd adds no SNAT rules.
+    pub external_snat: bool,
+    /// AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: destinations outside the VPC that pods reach
+    /// with their own address (comma-separated CIDRs).
+    pub exclude_snat_cidrs: Vec<Ipv4Net>,
+    /// AWS_VPC_K8S_CNI_RANDOMIZESNAT: none, hashrandom or prng (default).
+    pub randomize_snat: Randomize,
 }
 
 /// The variables [`EniConfig::from_lookup`] reads, for the start-up log and docs.
@@ -36,6 +47,9 @@ pub const ENV_VARS: &[&str] = &[
     "CLUSTER_NAME",
     "ADDITIONAL_ENI_TAGS",
     "ENABLE_PREFIX_DELEGATION",
+    "AWS_VPC_K8S_CNI_EXTERNALSNAT",
+    "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+    "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
 ];
 
 /// aws-node's pool monitor runs every 5 s as well.
@@ -100,7 +114,43 @@ impl EniConfig {
                 map.into_iter().collect()
             }
         };
+        let external_snat = match get("AWS_VPC_K8S_CNI_EXTERNALSNAT").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => {
+                return Err(format!(
+                    "AWS_VPC_K8S_CNI_EXTERNALSNAT={v:?} must be true or false"
+                ));
+            }
+        };
+        let exclude_snat_cidrs = get("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(|c| {
+                        c.parse::<Ipv4Net>().map(|n| n.trunc()).map_err(|_| {
+                            format!("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {c:?} is not an IPv4 CIDR")
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let randomize_snat = match get("AWS_VPC_K8S_CNI_RANDOMIZESNAT").as_deref() {
+            None | Some("prng") => Randomize::Prng,
+            Some("hashrandom") => Randomize::HashRandom,
+            Some("none") => Randomize::None,
+            Some(v) => {
+                return Err(format!(
+                    "AWS_VPC_K8S_CNI_RANDOMIZESNAT={v:?} must be none, hashrandom or prng"
+                ));
+            }
+        };
         Ok(EniConfig {
+            external_snat,
+            exclude_snat_cidrs,
+            randomize_snat,
             warm_eni_target: count("WARM_ENI_TARGET")?.unwrap_or(1),
             warm_ip_target: count("WARM_IP_TARGET")?.filter(|n| *n > 0),
             minimum_ip_target: count("MINIMUM_IP_TARGET")?.filter(|n| *n > 0),
@@ -136,6 +186,8 @@ mod tests {
         );
         assert_eq!(c.cooldown_ms, 30_000);
         assert!(c.additional_eni_tags.is_empty());
+        assert!(!c.external_snat && c.exclude_snat_cidrs.is_empty());
+        assert_eq!(c.randomize_snat, Randomize::Prng);
     }
 
     #[test]
@@ -163,6 +215,24 @@ mod tests {
             vec![("env".into(), "test".into()), ("team".into(), "net".into())]
         );
         assert_eq!(parse(&[("MAX_ENI", "2")]).unwrap().max_eni, Some(2));
+        let c = parse(&[
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"),
+            (
+                "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+                "192.168.0.0/16, 172.16.9.1/12",
+            ),
+            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "hashrandom"),
+        ])
+        .unwrap();
+        assert!(c.external_snat);
+        assert_eq!(
+            c.exclude_snat_cidrs,
+            vec![
+                "192.168.0.0/16".parse().unwrap(),
+                "172.16.0.0/12".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.randomize_snat, Randomize::HashRandom);
     }
 
     #[test]
@@ -174,6 +244,9 @@ mod tests {
             ("ADDITIONAL_ENI_TAGS", "[1]"),
             ("ENABLE_PREFIX_DELEGATION", "true"),
             ("ENABLE_PREFIX_DELEGATION", "yes"),
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "1"),
+            ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "10.0.0.0/8,nope"),
+            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "always"),
         ] {
             let e = parse(&[(k, v)]).unwrap_err();
             assert!(e.contains(k), "{k}={v}: {e}");

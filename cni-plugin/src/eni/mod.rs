@@ -25,6 +25,7 @@ use crate::aws::limits::Limits;
 use crate::ipam::eni::{EniIpam, SyncReport, route_table};
 use crate::ipam::warm::{Action, Counts, WarmTargets};
 use crate::ipam::{Added, AttachmentKey, AttachmentMeta, IpamError, now_ms};
+use crate::net::snat::Snat;
 use crate::net::{EniNetwork, MacAddr, host_netlink, setup_eni_network};
 use crate::rpc::{Allocator, pb};
 pub use config::EniConfig;
@@ -44,6 +45,8 @@ pub struct EniAllocator {
     pub ipam: EniIpam,
     pub targets: WarmTargets,
     pub instance_id: String,
+    /// What pods' from-rules cover (see [`crate::net::PodNetwork::rule_destinations`]).
+    pub rule_destinations: Vec<Ipv4Net>,
     wake: Arc<Notify>,
 }
 
@@ -60,7 +63,10 @@ impl Allocator for EniAllocator {
         meta: AttachmentMeta,
         now_ms: u64,
     ) -> Result<Added, IpamError> {
-        let result = self.ipam.add(key, meta, now_ms);
+        let result = self.ipam.add(key, meta, now_ms).map(|mut a| {
+            a.rule_destinations = self.rule_destinations.clone();
+            a
+        });
         // Below target (or out of IPs): the loop refills now rather than at its next tick.
         if result
             .as_ref()
@@ -131,6 +137,8 @@ pub struct Reconciler<E> {
     subnets: HashMap<String, Ipv4Net>,
     /// Something stopped the last pass from reaching the targets: said once, not per tick.
     stuck: Option<String>,
+    /// `None` with AWS_VPC_K8S_CNI_EXTERNALSNAT=true.
+    snat: Option<Snat>,
 }
 
 /// The targets for this instance type and configuration.
@@ -187,6 +195,24 @@ impl<E: Ec2> Reconciler<E> {
                     instance.mac, instance.instance_id
                 )
             })?;
+        let primary_if = imds
+            .interface(&instance.mac)
+            .await?
+            .with_context(|| format!("IMDS does not list the primary ENI {}", instance.mac))?;
+        // Pods reach the VPC through their ENI with their own address; everything else
+        // leaves through the primary ENI as the node's primary IP, unless SNAT is external.
+        let (snat, rule_destinations) = if config.external_snat {
+            (None, Vec::new())
+        } else {
+            let mut excluded = primary_if.vpc_cidrs.clone();
+            excluded.extend(config.exclude_snat_cidrs.iter().copied());
+            let snat = Snat {
+                primary_ip: primary.primary_ip,
+                excluded: excluded.clone(),
+                randomize: config.randomize_snat,
+            };
+            (Some(snat), excluded)
+        };
         let node = Node {
             subnet_id: primary.subnet_id.clone(),
             security_groups: primary.security_groups.clone(),
@@ -198,6 +224,7 @@ impl<E: Ec2> Reconciler<E> {
             ipam,
             targets,
             instance_id: node.instance.instance_id.clone(),
+            rule_destinations,
             wake: wake.clone(),
         }));
         Ok(Reconciler {
@@ -210,6 +237,7 @@ impl<E: Ec2> Reconciler<E> {
             wake,
             subnets: HashMap::new(),
             stuck: None,
+            snat,
         })
     }
 
@@ -228,6 +256,7 @@ impl<E: Ec2> Reconciler<E> {
     /// Brings the pool in line with what EC2 lists, without changing anything in EC2:
     /// what a restart does before it serves. Also deletes ENIs a crash left detached.
     pub async fn sync_once(&mut self) -> anyhow::Result<()> {
+        self.ensure_snat().await;
         let enis = self
             .ec2
             .attached_enis(&self.node.instance.instance_id)
@@ -235,6 +264,19 @@ impl<E: Ec2> Reconciler<E> {
         self.sync(&enis).await;
         self.delete_leaked_enis().await;
         Ok(())
+    }
+
+    /// Creates or repairs the SNAT rules (unless SNAT is external). Best effort: pods
+    /// still reach the VPC without them.
+    async fn ensure_snat(&self) {
+        let Some(snat) = self.snat.clone() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || snat.ensure()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("SNAT rules: {e}"),
+            Err(e) => tracing::warn!("SNAT rules: {e}"),
+        }
     }
 
     /// Runs passes forever: every reconcile interval, and at once when an ADD leaves the
@@ -253,6 +295,7 @@ impl<E: Ec2> Reconciler<E> {
 
     /// Describe, sync, and take steps towards the targets until none is needed.
     pub async fn pass(&mut self) -> anyhow::Result<()> {
+        self.ensure_snat().await;
         for _ in 0..MAX_STEPS_PER_PASS {
             let enis = self
                 .ec2

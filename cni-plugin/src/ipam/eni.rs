@@ -115,6 +115,7 @@ impl EniIpam {
             ip,
             route_table,
             existing,
+            rule_destinations: Vec::new(),
         })
     }
 

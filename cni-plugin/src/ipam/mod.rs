@@ -143,13 +143,15 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<Flock<File>, IpamError> {
 }
 
 /// An attachment's address as an ADD hands it out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Added {
     pub ip: Ipv4Addr,
     /// The route table pod traffic from `ip` must use; 0 = no policy rules.
     pub route_table: u32,
     /// The attachment held `ip` before the call (a repeated ADD).
     pub existing: bool,
+    /// What the from-pod rule to `route_table` covers; empty: everything.
+    pub rule_destinations: Vec<Ipv4Net>,
 }
 
 /// The podcidr allocator: pool + journal, owning its state directory through a lock.

@@ -4,6 +4,7 @@
 pub mod eni;
 pub mod netns;
 pub mod pod;
+pub mod snat;
 pub mod veth;
 
 use std::io;
@@ -54,6 +55,9 @@ pub enum NetError {
 
     #[error("pod network is not as set up: {}", .0.join("; "))]
     CheckFailed(Vec<String>),
+
+    #[error("iptables -t nat {args}: {stderr}")]
+    Iptables { args: String, stderr: String },
 }
 
 impl NetError {

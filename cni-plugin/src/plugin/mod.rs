@@ -171,6 +171,25 @@ async fn add(args: &CniArgs, conf: &NetConf) -> Result<Value, CniError> {
         }
     };
     let table = (reply.route_table != 0).then_some(reply.route_table);
+    let rule_destinations = match reply
+        .rule_destinations
+        .iter()
+        .map(|d| d.parse::<Ipv4Net>())
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            release(&mut ipamd, container_id, ifname).await;
+            return Err(CniError::new(
+                ErrorCode::Plugin(ERR_IPAMD),
+                format!(
+                    "ipamd returned invalid rule destinations {:?}",
+                    reply.rule_destinations
+                ),
+                e.to_string(),
+            ));
+        }
+    };
     let pod = PodNetwork {
         netns_path: netns,
         ifname: ifname.to_string(),
@@ -182,6 +201,7 @@ async fn add(args: &CniArgs, conf: &NetConf) -> Result<Value, CniError> {
             DEFAULT_MTU_PODCIDR
         }),
         table,
+        rule_destinations,
     };
 
     // A repeated ADD of an attachment that is complete answers with what exists.
@@ -364,8 +384,9 @@ async fn check(args: &CniArgs, conf: &NetConf) -> Result<(), CniError> {
         host_veth: host_veth(args),
         ip,
         mtu: conf.mtu.unwrap_or(DEFAULT_MTU_PODCIDR),
-        // podcidr mode adds no policy rules.
+        // CHECK does not know the ENI's table: the rules are not checked.
         table: None,
+        rule_destinations: Vec::new(),
     };
     check_pod_network(&pod).await.map_err(net_error)
 }

@@ -53,6 +53,7 @@ impl Allocator for PodCidrIpam {
             ip,
             route_table: 0,
             existing,
+            rule_destinations: Vec::new(),
         })
     }
 
@@ -163,6 +164,11 @@ impl<A: Allocator> Ipamd for IpamService<A> {
             gateway: String::new(),
             route_table: added.route_table,
             existing: added.existing,
+            rule_destinations: added
+                .rule_destinations
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
         }))
     }
 
