@@ -10,6 +10,9 @@
 #
 #   ./hack/bench-cni.sh [--pods N] [--burst B]
 #
+# NODERT_BIN_DIR=DIR uses the vpc-cni and ipamd already built there instead of building
+# release binaries (which, with aws-sdk-ec2, take minutes the first time).
+#
 # ipamd runs in podcidr mode here (pool warm from the start: every address of the CIDR is
 # free); in eni mode its ADD path is the same pool lookup and journal append.
 . "$(dirname "$0")/lib.sh"
@@ -26,9 +29,13 @@ while [ $# -gt 0 ]; do
 done
 
 "$REPO_ROOT/hack/install-deps.sh"
-log "building release binaries"
-(cd "$REPO_ROOT" && cargo build --release --locked -q -p cni-plugin --bin vpc-cni --bin ipamd)
-BIN="$CARGO_TARGET_DIR/release"
+if [ -n "${NODERT_BIN_DIR:-}" ]; then
+    BIN="$NODERT_BIN_DIR"
+else
+    log "building release binaries"
+    (cd "$REPO_ROOT" && cargo build --release --locked -q -p cni-plugin --bin vpc-cni --bin ipamd)
+    BIN="$CARGO_TARGET_DIR/release"
+fi
 REF_BIN=/usr/lib/cni
 [ -x "$REF_BIN/ptp" ] || die "reference plugins missing in $REF_BIN: run hack/install-deps.sh"
 

@@ -38,7 +38,8 @@ cmd_run() {
     local port endpoint
     port="$(free_port)"
     endpoint="http://127.0.0.1:$port"
-    "$VENV_DIR/bin/moto_server" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+    # moto_server with unique, unreserved private IPs (see hack/imds/moto_server.py).
+    "$PY" "$REPO_ROOT/hack/imds/moto_server.py" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
     PIDS+=($!)
     local moto_pid=$!
     wait_for "moto on $endpoint" 60 bash -c "kill -0 $moto_pid && curl -sf $endpoint/moto-api/"

@@ -55,30 +55,55 @@ fn unknown_instance_type_fails_without_output() {
     assert!(stderr.contains("m99.gigantic"), "stderr: {stderr}");
 }
 
+/// eni mode's bad input (flags, WARM_* variables, an unreachable IMDS) is refused with
+/// a clear error before anything is created (the happy path is tests/eni.rs).
 #[test]
-fn daemon_flags_parse_and_eni_mode_is_not_implemented_yet() {
-    // eni mode refuses to start, so this parses every daemon flag without starting
-    // anything (podcidr mode is exercised end to end in tests/podcidr.rs).
-    let out = ipamd(&[
+fn eni_mode_refuses_bad_input_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let state = dir.path().join("state");
+    let base = [
         "--mode",
         "eni",
-        "--pod-cidr",
-        "10.0.0.0/24",
         "--socket",
-        "/nonexistent/ipamd.sock",
+        socket.to_str().unwrap(),
         "--state-dir",
-        "/nonexistent/state",
+        state.to_str().unwrap(),
         "--ec2-endpoint",
         "http://127.0.0.1:1",
         "--imds-endpoint",
         "http://127.0.0.1:2",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("eni mode not implemented yet"),
-        "stderr: {stderr}"
-    );
+    ];
+    // (extra flags, environment, what stderr must say)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
+        (
+            &["--pod-cidr", "10.0.0.0/24"],
+            &[],
+            "--pod-cidr is for podcidr mode",
+        ),
+        (&[], &[("WARM_IP_TARGET", "many")], "WARM_IP_TARGET"),
+        (
+            &[],
+            &[("ENABLE_PREFIX_DELEGATION", "true")],
+            "not implemented",
+        ),
+        (&[], &[], "reading the instance's metadata"),
+    ];
+    for (flags, env, want) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_ipamd"))
+            .args(base)
+            .args(flags)
+            .env_remove("WARM_IP_TARGET")
+            .env_remove("ENABLE_PREFIX_DELEGATION")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flags:?} {env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{flags:?} {env:?}: {stderr}");
+        assert!(!state.exists() && !socket.exists(), "{flags:?} {env:?}");
+    }
 }
 
 #[test]

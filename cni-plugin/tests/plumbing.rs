@@ -42,6 +42,7 @@ impl TestPod {
                 ip,
                 mtu: 9001,
                 table: Some(10000 + pid % 1000),
+                rule_destinations: Vec::new(),
             },
             netns,
         }

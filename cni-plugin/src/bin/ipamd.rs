@@ -6,9 +6,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use cni_plugin::aws::limits::{MaxPodsOptions, max_pods};
+use cni_plugin::aws::ec2::SdkEc2;
+use cni_plugin::aws::imds::{self, Imds};
+use cni_plugin::aws::limits::{MaxPodsOptions, limits, max_pods};
+use cni_plugin::eni::{EniConfig, Reconciler};
+use cni_plugin::ipam::eni::EniIpam;
 use cni_plugin::ipam::{PodCidrIpam, now_ms};
-use cni_plugin::rpc::{self, DEFAULT_SOCKET, DEFAULT_STATE_DIR, PodCidrService};
+use cni_plugin::rpc::{self, DEFAULT_SOCKET, DEFAULT_STATE_DIR, IpamService, PodCidrService};
 use ipnet::Ipv4Net;
 
 #[derive(Debug, Parser)]
@@ -73,13 +77,11 @@ struct DaemonArgs {
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Override the EC2 API endpoint (tests use an emulator); eni mode only.
-    #[allow(dead_code)]
     #[arg(long)]
     ec2_endpoint: Option<String>,
     /// Override the instance metadata endpoint; eni mode only.
-    #[allow(dead_code)]
-    #[arg(long)]
-    imds_endpoint: Option<String>,
+    #[arg(long, default_value = imds::DEFAULT_ENDPOINT)]
+    imds_endpoint: String,
 }
 
 fn main() -> ExitCode {
@@ -127,16 +129,6 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match args.mode {
-        Mode::Eni => bail!("eni mode not implemented yet"),
-        Mode::Podcidr => {}
-    }
-    let cidr: Ipv4Net = args
-        .pod_cidr
-        .as_deref()
-        .context("--pod-cidr is required in podcidr mode")?
-        .parse()
-        .context("--pod-cidr must be an IPv4 CIDR such as 10.244.1.0/24")?;
     let socket = rpc::socket_path(
         args.socket
             .as_deref()
@@ -144,9 +136,81 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     );
     let state_dir = args
         .state_dir
+        .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    match args.mode {
+        Mode::Eni => eni_daemon(&args, &socket, &state_dir),
+        Mode::Podcidr => podcidr_daemon(&args, &socket, &state_dir),
+    }
+}
 
-    let (ipam, replay) = PodCidrIpam::open(cidr, &state_dir, now_ms())?;
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn eni_daemon(
+    args: &DaemonArgs,
+    socket: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    if args.pod_cidr.is_some() {
+        bail!("--pod-cidr is for podcidr mode; eni mode takes pod IPs from the instance's ENIs");
+    }
+    let config = EniConfig::from_env().map_err(anyhow::Error::msg)?;
+    let imds = Imds::new(&args.imds_endpoint)?;
+    runtime()?.block_on(async {
+        let instance = imds
+            .instance()
+            .await
+            .context("reading the instance's metadata")?;
+        let limits = limits(&instance.instance_type).with_context(|| {
+            format!(
+                "instance type {} is not in the EC2 limits table",
+                instance.instance_type
+            )
+        })?;
+        // Only now that the node is known does ipamd touch its state directory.
+        let (ipam, replay) = EniIpam::open(state_dir, config.cooldown_ms, now_ms())?;
+        let ec2 = SdkEc2::new(&instance.region, args.ec2_endpoint.as_deref()).await;
+        tracing::info!(
+            instance_id = %instance.instance_id,
+            instance_type = %instance.instance_type,
+            region = %instance.region,
+            state_dir = %state_dir.display(),
+            replayed = replay.records,
+            torn_tail = replay.torn_tail,
+            ?config,
+            "eni mode"
+        );
+        let mut reconciler = Reconciler::new(ec2, imds, instance, config, limits, ipam).await?;
+        // Before serving: the pool holds exactly what EC2 lists, so the first ADD after a
+        // restart cannot get an IP EC2 took away.
+        if let Err(e) = reconciler.sync_once().await {
+            tracing::warn!("first sync with EC2 failed, serving replayed assignments only: {e:#}");
+        }
+        tracing::info!(targets = ?reconciler.targets(), "eni pool loaded");
+        let service = IpamService::shared(reconciler.state());
+        tokio::spawn(reconciler.run());
+        rpc::serve(socket, service, shutdown_signal()).await
+    })
+}
+
+fn podcidr_daemon(
+    args: &DaemonArgs,
+    socket: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let cidr: Ipv4Net = args
+        .pod_cidr
+        .as_deref()
+        .context("--pod-cidr is required in podcidr mode")?
+        .parse()
+        .context("--pod-cidr must be an IPv4 CIDR such as 10.244.1.0/24")?;
+    let (ipam, replay) = PodCidrIpam::open(cidr, state_dir, now_ms())?;
     let stats = ipam.stats(now_ms());
     tracing::info!(
         pod_cidr = %ipam.cidr(),
@@ -159,13 +223,8 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         "podcidr pool loaded"
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(rpc::serve(
-        &socket,
+    runtime()?.block_on(rpc::serve(
+        socket,
         PodCidrService::new(ipam),
         shutdown_signal(),
     ))
@@ -188,13 +247,31 @@ fn status(socket: &std::path::Path) -> anyhow::Result<()> {
                 .into_inner(),
         )
     })?;
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "mode": reply.mode,
-        "podCIDR": reply.pod_cidr,
         "free": reply.free,
         "assigned": reply.assigned,
         "cooldown": reply.cooldown,
     });
+    if reply.mode == "eni" {
+        out["instanceID"] = reply.instance_id.clone().into();
+        out["enis"] = reply
+            .enis
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "id": e.id,
+                    "deviceIndex": e.device_index,
+                    "primaryIP": e.primary_ip,
+                    "routeTable": e.route_table,
+                    "ips": e.ips,
+                    "assigned": e.assigned,
+                })
+            })
+            .collect();
+    } else {
+        out["podCIDR"] = reply.pod_cidr.clone().into();
+    }
     println!("{out}");
     Ok(())
 }

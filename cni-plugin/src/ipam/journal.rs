@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::IpamError;
 use super::pool::{Assignment, AttachmentKey, AttachmentMeta, Pool};
 
+/// podcidr mode's journal; eni mode keeps its own ([`super::eni::JOURNAL_FILE`]), so a
+/// node switched between modes never reads the other's addresses as its own.
 pub const JOURNAL_FILE: &str = "podcidr.journal";
 
 /// One journal line.
@@ -132,7 +134,17 @@ impl Journal {
     /// Replays `dir/podcidr.journal` (if any) into `pool`, compacts it, and opens it for
     /// appending. Cooldowns already over at `now_ms` are not carried into the new file.
     pub fn open(dir: &Path, pool: &mut Pool, now_ms: u64) -> Result<(Journal, Replay), IpamError> {
-        let path = dir.join(JOURNAL_FILE);
+        Journal::open_named(dir, JOURNAL_FILE, pool, now_ms)
+    }
+
+    /// [`Journal::open`] for the journal file `name` in `dir`.
+    pub fn open_named(
+        dir: &Path,
+        name: &str,
+        pool: &mut Pool,
+        now_ms: u64,
+    ) -> Result<(Journal, Replay), IpamError> {
+        let path = dir.join(name);
         let replay = match std::fs::read(&path) {
             Ok(bytes) => replay(&path, &bytes, pool)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Replay::default(),
@@ -227,7 +239,9 @@ fn open_append(path: &Path) -> Result<File, IpamError> {
 /// Writes the pool's live state to a new file and renames it over the journal;
 /// returns the number of lines written.
 fn compact(dir: &Path, path: &Path, pool: &Pool, now_ms: u64) -> Result<usize, IpamError> {
-    let tmp = dir.join(format!("{JOURNAL_FILE}.tmp"));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut records: Vec<(AttachmentKey, Record)> = pool
         .assignments()
         .map(|(k, a)| (k.clone(), Record::assign(k, a)))

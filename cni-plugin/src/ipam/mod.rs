@@ -1,9 +1,12 @@
-//! IP address management for pods. `podcidr` mode: addresses come from one CIDR (the
-//! Node's `spec.podCIDR` or `--pod-cidr`), kept in a [`pool::Pool`] and persisted in an
-//! append-only [`journal::Journal`] under the state directory.
+//! IP address management for pods, kept in a [`pool::Pool`] and persisted in an
+//! append-only [`journal::Journal`] under the state directory. `podcidr` mode: addresses
+//! come from one CIDR (the Node's `spec.podCIDR` or `--pod-cidr`); `eni` mode
+//! ([`eni::EniIpam`]): from the secondary IPs EC2 assigned to the instance's ENIs.
 
+pub mod eni;
 pub mod journal;
 pub mod pool;
+pub mod warm;
 
 use std::fs::File;
 use std::io;
@@ -25,13 +28,13 @@ pub enum IpamError {
     InvalidCidr(String),
 
     #[error(
-        "no free IP in {cidr}: {assigned} assigned, {cooldown} released less than {}s ago",
-        COOLDOWN_MS / 1000
+        "no free IP in {pool}: {assigned} assigned, {cooldown} released less than {cooldown_s}s ago"
     )]
     Exhausted {
-        cidr: Ipv4Net,
+        pool: String,
         assigned: u32,
         cooldown: u32,
+        cooldown_s: u64,
     },
 
     #[error("{ip} is already assigned to container {} ifname {}", owner.container_id, owner.ifname)]
@@ -60,9 +63,101 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The ADD both modes share: the address `key` holds (`true`), or a new one from
+/// `pool`, on disk before this returns.
+pub(crate) fn journaled_add(
+    pool: &mut Pool,
+    journal: &mut Journal,
+    key: AttachmentKey,
+    meta: AttachmentMeta,
+    now_ms: u64,
+) -> Result<(Ipv4Addr, bool), IpamError> {
+    if let Some(a) = pool.get(&key) {
+        return Ok((a.ip, true));
+    }
+    let ip = pool.pick(now_ms)?;
+    let a = Assignment {
+        ip,
+        meta,
+        assigned_at_ms: now_ms,
+    };
+    // Journal first: an assignment the pool knows but the disk does not could be
+    // handed out twice after a crash.
+    journal.append(&Record::assign(&key, &a))?;
+    pool.insert(key, a)?;
+    compact_if_needed(pool, journal, now_ms);
+    Ok((ip, false))
+}
+
+/// The DEL both modes share: releases `key`'s address into cooldown; `None` if it held
+/// none.
+pub(crate) fn journaled_del(
+    pool: &mut Pool,
+    journal: &mut Journal,
+    key: &AttachmentKey,
+    now_ms: u64,
+) -> Result<Option<Ipv4Addr>, IpamError> {
+    let Some(a) = pool.get(key) else {
+        return Ok(None);
+    };
+    journal.append(&Record::Release {
+        container_id: key.container_id.clone(),
+        ifname: key.ifname.clone(),
+        ip: a.ip,
+        ts: now_ms,
+    })?;
+    let released = pool.remove(key, now_ms).map(|a| a.ip);
+    compact_if_needed(pool, journal, now_ms);
+    Ok(released)
+}
+
+/// The change is already on disk; a failed compaction only leaves a longer journal
+/// (the old file stays in place until the rename), so it is logged, not returned.
+fn compact_if_needed(pool: &mut Pool, journal: &mut Journal, now_ms: u64) {
+    match journal.maybe_compact(pool, now_ms) {
+        Ok(true) => tracing::info!(lines = journal.lines(), "journal compacted"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("journal compaction failed, will retry: {e}"),
+    }
+}
+
+/// Creates `state_dir` and takes its lock: one daemon per state directory, whatever
+/// its mode. The lock lasts as long as the returned file.
+pub fn lock_state_dir(state_dir: &Path) -> Result<Flock<File>, IpamError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| IpamError::Io {
+        op: format!("create {}", state_dir.display()),
+        source,
+    })?;
+    let lock_path = state_dir.join(LOCK_FILE);
+    let lock_file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| IpamError::Io {
+            op: format!("open {}", lock_path.display()),
+            source,
+        })?;
+    Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| IpamError::Locked { path: lock_path })
+}
+
+/// An attachment's address as an ADD hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    pub ip: Ipv4Addr,
+    /// The route table pod traffic from `ip` must use; 0 = no policy rules.
+    pub route_table: u32,
+    /// The attachment held `ip` before the call (a repeated ADD).
+    pub existing: bool,
+    /// What the from-pod rule to `route_table` covers; empty: everything.
+    pub rule_destinations: Vec<Ipv4Net>,
+}
+
 /// The podcidr allocator: pool + journal, owning its state directory through a lock.
 #[derive(Debug)]
 pub struct PodCidrIpam {
+    cidr: Ipv4Net,
     pool: Pool,
     journal: Journal,
     _lock: Flock<File>,
@@ -72,25 +167,11 @@ impl PodCidrIpam {
     /// Takes the state directory's lock, replays and compacts the journal.
     pub fn open(cidr: Ipv4Net, state_dir: &Path, now_ms: u64) -> Result<(Self, Replay), IpamError> {
         let mut pool = Pool::new(cidr)?;
-        std::fs::create_dir_all(state_dir).map_err(|source| IpamError::Io {
-            op: format!("create {}", state_dir.display()),
-            source,
-        })?;
-        let lock_path = state_dir.join(LOCK_FILE);
-        let lock_file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| IpamError::Io {
-                op: format!("open {}", lock_path.display()),
-                source,
-            })?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
-            .map_err(|_| IpamError::Locked { path: lock_path })?;
+        let lock = lock_state_dir(state_dir)?;
         let (journal, replay) = Journal::open(state_dir, &mut pool, now_ms)?;
         Ok((
             PodCidrIpam {
+                cidr: cidr.trunc(),
                 pool,
                 journal,
                 _lock: lock,
@@ -100,7 +181,7 @@ impl PodCidrIpam {
     }
 
     pub fn cidr(&self) -> Ipv4Net {
-        self.pool.cidr()
+        self.cidr
     }
 
     /// Assigns an address to `key`, or returns the one it holds (`true` = existing).
@@ -111,47 +192,12 @@ impl PodCidrIpam {
         meta: AttachmentMeta,
         now_ms: u64,
     ) -> Result<(Ipv4Addr, bool), IpamError> {
-        if let Some(a) = self.pool.get(&key) {
-            return Ok((a.ip, true));
-        }
-        let ip = self.pool.pick(now_ms)?;
-        let a = Assignment {
-            ip,
-            meta,
-            assigned_at_ms: now_ms,
-        };
-        // Journal first: an assignment the pool knows but the disk does not could be
-        // handed out twice after a crash.
-        self.journal.append(&Record::assign(&key, &a))?;
-        self.pool.insert(key, a)?;
-        self.compact_if_needed(now_ms);
-        Ok((ip, false))
+        journaled_add(&mut self.pool, &mut self.journal, key, meta, now_ms)
     }
 
     /// Releases `key`'s address (into cooldown); `None` if it held none.
     pub fn del(&mut self, key: &AttachmentKey, now_ms: u64) -> Result<Option<Ipv4Addr>, IpamError> {
-        let Some(a) = self.pool.get(key) else {
-            return Ok(None);
-        };
-        self.journal.append(&Record::Release {
-            container_id: key.container_id.clone(),
-            ifname: key.ifname.clone(),
-            ip: a.ip,
-            ts: now_ms,
-        })?;
-        let released = self.pool.remove(key, now_ms).map(|a| a.ip);
-        self.compact_if_needed(now_ms);
-        Ok(released)
-    }
-
-    /// The change is already on disk; a failed compaction only leaves a longer journal
-    /// (the old file stays in place until the rename), so it is logged, not returned.
-    fn compact_if_needed(&mut self, now_ms: u64) {
-        match self.journal.maybe_compact(&mut self.pool, now_ms) {
-            Ok(true) => tracing::info!(lines = self.journal.lines(), "journal compacted"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("journal compaction failed, will retry: {e}"),
-        }
+        journaled_del(&mut self.pool, &mut self.journal, key, now_ms)
     }
 
     pub fn journal(&self) -> &Journal {
@@ -173,10 +219,7 @@ mod tests {
     use std::io::Write;
 
     fn key(c: &str) -> AttachmentKey {
-        AttachmentKey {
-            container_id: c.into(),
-            ifname: "eth0".into(),
-        }
+        AttachmentKey::eth0(c)
     }
 
     fn meta(name: &str) -> AttachmentMeta {

@@ -1,7 +1,8 @@
-//! The podcidr address pool in memory: who holds which address, and which released
+//! An address pool in memory: which addresses it may hand out (a CIDR range in podcidr
+//! mode, the ENIs' secondary IPs in eni mode), who holds which address, and which released
 //! addresses are still cooling down. Pure bookkeeping; persistence is [`super::journal`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -17,6 +18,17 @@ pub const COOLDOWN_MS: u64 = 30_000;
 pub struct AttachmentKey {
     pub container_id: String,
     pub ifname: String,
+}
+
+#[cfg(test)]
+impl AttachmentKey {
+    /// A test attachment: container `c`'s eth0.
+    pub(crate) fn eth0(c: &str) -> AttachmentKey {
+        AttachmentKey {
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        }
+    }
 }
 
 /// What we remember about an attachment besides its address (for operators and GC).
@@ -52,9 +64,23 @@ impl PoolStats {
     }
 }
 
+/// The addresses a pool may hand out.
+#[derive(Debug, Clone)]
+enum Usable {
+    /// `first..=last` of a pod CIDR.
+    Range {
+        cidr: Ipv4Net,
+        first: u32,
+        last: u32,
+    },
+    /// An explicit set that grows and shrinks (the ENIs' secondary IPs).
+    Set(BTreeSet<Ipv4Addr>),
+}
+
 #[derive(Debug, Clone)]
 pub struct Pool {
-    cidr: Ipv4Net,
+    usable: Usable,
+    cooldown_ms: u64,
     by_key: HashMap<AttachmentKey, Assignment>,
     by_ip: BTreeMap<Ipv4Addr, AttachmentKey>,
     /// Released address -> release time (wall-clock ms).
@@ -71,34 +97,106 @@ impl Pool {
                 "{cidr} is too small: a pod CIDR needs at least a /29 (network, broadcast and the node's .1 are reserved)"
             )));
         }
-        Ok(Pool {
+        // network+2 ..= broadcast-1: the network, the node's .1 and the broadcast are not ours.
+        let usable = Usable::Range {
             cidr,
+            first: u32::from(cidr.network()) + 2,
+            last: u32::from(cidr.broadcast()) - 1,
+        };
+        Ok(Pool::with_usable(usable))
+    }
+
+    /// A pool of exactly the addresses later given to [`Pool::add_address`].
+    pub fn of_addresses() -> Pool {
+        Pool::with_usable(Usable::Set(BTreeSet::new()))
+    }
+
+    fn with_usable(usable: Usable) -> Pool {
+        Pool {
+            usable,
+            cooldown_ms: COOLDOWN_MS,
             by_key: HashMap::new(),
             by_ip: BTreeMap::new(),
             released_at: HashMap::new(),
-        })
+        }
     }
 
-    pub fn cidr(&self) -> Ipv4Net {
-        self.cidr
+    /// Overrides [`COOLDOWN_MS`] (eni mode's IP_COOLDOWN_PERIOD).
+    pub fn with_cooldown_ms(mut self, cooldown_ms: u64) -> Pool {
+        self.cooldown_ms = cooldown_ms;
+        self
     }
 
-    /// First and last address we hand out: network+2 ..= broadcast-1.
-    fn range(&self) -> (u32, u32) {
-        (
-            u32::from(self.cidr.network()) + 2,
-            u32::from(self.cidr.broadcast()) - 1,
-        )
+    pub fn cooldown_ms(&self) -> u64 {
+        self.cooldown_ms
+    }
+
+    /// The pod CIDR of a range pool; `None` for an address-set pool.
+    pub fn cidr(&self) -> Option<Ipv4Net> {
+        match &self.usable {
+            Usable::Range { cidr, .. } => Some(*cidr),
+            Usable::Set(_) => None,
+        }
+    }
+
+    /// Makes `ip` available to [`Pool::pick`] (address-set pools only; returns whether it
+    /// was new).
+    pub fn add_address(&mut self, ip: Ipv4Addr) -> bool {
+        match &mut self.usable {
+            Usable::Set(set) => set.insert(ip),
+            Usable::Range { .. } => false,
+        }
+    }
+
+    /// Stops handing `ip` out (address-set pools only; returns whether it was there). An
+    /// attachment holding it keeps it: the caller decides what that means.
+    pub fn remove_address(&mut self, ip: Ipv4Addr) -> bool {
+        match &mut self.usable {
+            Usable::Set(set) => set.remove(&ip),
+            Usable::Range { .. } => false,
+        }
     }
 
     fn usable(&self) -> u32 {
-        let (first, last) = self.range();
-        last - first + 1
+        match &self.usable {
+            Usable::Range { first, last, .. } => last - first + 1,
+            Usable::Set(set) => set.len() as u32,
+        }
     }
 
-    fn in_range(&self, ip: Ipv4Addr) -> bool {
-        let (first, last) = self.range();
-        (first..=last).contains(&u32::from(ip))
+    pub fn in_range(&self, ip: Ipv4Addr) -> bool {
+        match &self.usable {
+            Usable::Range { first, last, .. } => (*first..=*last).contains(&u32::from(ip)),
+            Usable::Set(set) => set.contains(&ip),
+        }
+    }
+
+    fn candidates(&self) -> Box<dyn Iterator<Item = Ipv4Addr> + '_> {
+        match &self.usable {
+            Usable::Range { first, last, .. } => Box::new((*first..=*last).map(Ipv4Addr::from)),
+            Usable::Set(set) => Box::new(set.iter().copied()),
+        }
+    }
+
+    /// Whether `ip` is usable, unassigned and not cooling down at `now_ms`.
+    pub fn is_available(&self, ip: Ipv4Addr, now_ms: u64) -> bool {
+        self.in_range(ip) && !self.by_ip.contains_key(&ip) && !self.is_cooling(ip, now_ms)
+    }
+
+    /// Whether `ip` was released less than the cooldown before `now_ms`.
+    pub fn is_cooling(&self, ip: Ipv4Addr, now_ms: u64) -> bool {
+        self.released_at
+            .get(&ip)
+            .is_some_and(|t| self.in_cooldown(*t, now_ms))
+    }
+
+    /// The attachment holding `ip`, if any.
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<&AttachmentKey> {
+        self.by_ip.get(&ip)
+    }
+
+    fn in_cooldown(&self, released_at_ms: u64, now_ms: u64) -> bool {
+        now_ms < released_at_ms.saturating_add(self.cooldown_ms)
     }
 
     pub fn get(&self, key: &AttachmentKey) -> Option<&Assignment> {
@@ -113,29 +211,25 @@ impl Pool {
     pub fn cooling(&self, now_ms: u64) -> impl Iterator<Item = (Ipv4Addr, u64)> + '_ {
         self.released_at
             .iter()
-            .filter(move |(ip, t)| in_cooldown(**t, now_ms) && !self.by_ip.contains_key(ip))
+            .filter(move |(ip, t)| self.in_cooldown(**t, now_ms) && !self.by_ip.contains_key(ip))
             .map(|(ip, t)| (*ip, *t))
     }
 
     /// The address a new attachment would get at `now_ms`: the lowest usable one that is
     /// neither assigned nor cooling down.
     pub fn pick(&self, now_ms: u64) -> Result<Ipv4Addr, IpamError> {
-        let (first, last) = self.range();
-        (first..=last)
-            .map(Ipv4Addr::from)
-            .find(|ip| {
-                !self.by_ip.contains_key(ip)
-                    && !self
-                        .released_at
-                        .get(ip)
-                        .is_some_and(|t| in_cooldown(*t, now_ms))
-            })
+        self.candidates()
+            .find(|ip| !self.by_ip.contains_key(ip) && !self.is_cooling(*ip, now_ms))
             .ok_or_else(|| {
                 let stats = self.stats(now_ms);
                 IpamError::Exhausted {
-                    cidr: self.cidr,
+                    pool: match &self.usable {
+                        Usable::Range { cidr, .. } => cidr.to_string(),
+                        Usable::Set(set) => format!("this node's ENIs ({} IPs)", set.len()),
+                    },
                     assigned: stats.assigned,
                     cooldown: stats.cooldown,
+                    cooldown_s: self.cooldown_ms / 1000,
                 }
             })
     }
@@ -181,7 +275,9 @@ impl Pool {
 
     /// Forgets releases whose cooldown is over (keeps the map small).
     pub fn expire_cooldowns(&mut self, now_ms: u64) {
-        self.released_at.retain(|_, t| in_cooldown(*t, now_ms));
+        let cooldown_ms = self.cooldown_ms;
+        self.released_at
+            .retain(|_, t| now_ms < t.saturating_add(cooldown_ms));
     }
 
     pub fn stats(&self, now_ms: u64) -> PoolStats {
@@ -200,19 +296,12 @@ impl Pool {
     }
 }
 
-fn in_cooldown(released_at_ms: u64, now_ms: u64) -> bool {
-    now_ms < released_at_ms.saturating_add(COOLDOWN_MS)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key(c: &str) -> AttachmentKey {
-        AttachmentKey {
-            container_id: c.into(),
-            ifname: "eth0".into(),
-        }
+        AttachmentKey::eth0(c)
     }
 
     fn assign(pool: &mut Pool, c: &str, now: u64) -> Ipv4Addr {
@@ -244,7 +333,7 @@ mod tests {
     #[test]
     fn a_host_bits_cidr_is_truncated_and_tiny_ones_refused() {
         let pool = Pool::new("10.1.0.77/24".parse().unwrap()).unwrap();
-        assert_eq!(pool.cidr().to_string(), "10.1.0.0/24");
+        assert_eq!(pool.cidr().unwrap().to_string(), "10.1.0.0/24");
         assert_eq!(pool.stats(0).free, 253);
         assert!(Pool::new("10.1.0.0/30".parse().unwrap()).is_err());
     }

@@ -1,13 +1,16 @@
 //! Per-pod network plumbing over netlink: namespaces, the veth pair, and the addresses,
 //! routes, neighbour entries and policy rules that connect a pod to the node.
 
+pub mod eni;
 pub mod netns;
 pub mod pod;
+pub mod snat;
 pub mod veth;
 
 use std::io;
 use std::path::PathBuf;
 
+pub use eni::{EniNetwork, setup_eni_network, subnet_gateway};
 pub use netns::{NetNs, host_netlink};
 pub use pod::{
     FROM_POD_RULE_PRIORITY, POD_GATEWAY, PodLinks, PodNetwork, TO_POD_RULE_PRIORITY,
@@ -55,6 +58,9 @@ pub enum NetError {
 
     #[error("pod network is not as set up: {}", .0.join("; "))]
     CheckFailed(Vec<String>),
+
+    #[error("iptables -t nat {args}: {stderr}")]
+    Iptables { args: String, stderr: String },
 }
 
 impl NetError {

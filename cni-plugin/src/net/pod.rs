@@ -6,7 +6,7 @@
 //!        169.254.1.1/32 scope link         IP/32 dev eniXXX scope link   (main table)
 //!        default via 169.254.1.1           rule  512: to IP lookup main  (eni mode)
 //!        neigh 169.254.1.1 lladdr <host veth MAC> PERMANENT
-//!                                          rule 1536: from IP lookup <ENI table>
+//!                                          rule 1536: from IP [to VPC CIDR] lookup <ENI table>
 //! ```
 //!
 //! The pod's gateway is a link-local address nobody owns: the permanent neighbour entry
@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use futures::TryStreamExt;
+use ipnet::Ipv4Net;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::neighbour::{
@@ -50,6 +51,10 @@ pub struct PodNetwork {
     pub mtu: u32,
     /// The route table of the ENI holding `ip` (eni mode); `None` adds no policy rules.
     pub table: Option<u32>,
+    /// What the from-pod rule covers: one rule per CIDR (eni mode with SNAT on the node:
+    /// the VPC's CIDRs, so traffic leaving the VPC takes the main table and the primary
+    /// ENI, where it is SNATed), or every destination when empty.
+    pub rule_destinations: Vec<Ipv4Net>,
 }
 
 /// Both ends of the pair as they ended up, for the CNI result.
@@ -105,7 +110,7 @@ async fn build(
     let pod_link = expect_link(inside, &pod.ifname).await?;
 
     configure_pod_side(inside, &pod_link, pod.ip, host_link.mac.0).await?;
-    configure_host_side(host, &host_link, pod.ip, pod.table).await?;
+    configure_host_side(host, &host_link, pod).await?;
 
     Ok(PodLinks {
         host: expect_link(host, &pod.host_veth).await?,
@@ -184,9 +189,9 @@ async fn configure_pod_side(
 async fn configure_host_side(
     host: &Handle,
     veth: &LinkInfo,
-    ip: Ipv4Addr,
-    table: Option<u32>,
+    pod: &PodNetwork,
 ) -> Result<(), NetError> {
+    let ip = pod.ip;
     set_up(host, veth).await?;
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(ip, 32)
@@ -200,7 +205,7 @@ async fn configure_host_side(
         .execute()
         .await
         .map_err(nl(format!("add host route {ip}/32 dev {}", veth.name)))?;
-    if let Some(table) = table {
+    if let Some(table) = pod.table {
         let to_pod = host
             .rule()
             .add()
@@ -212,17 +217,28 @@ async fn configure_host_side(
         to_pod.execute().await.map_err(nl(format!(
             "add rule 'to {ip} lookup main' priority {TO_POD_RULE_PRIORITY}"
         )))?;
-        let from_pod = host
-            .rule()
-            .add()
-            .v4()
-            .source_prefix(ip, 32)
-            .table_id(table)
-            .priority(FROM_POD_RULE_PRIORITY)
-            .action(RuleAction::ToTable);
-        from_pod.execute().await.map_err(nl(format!(
-            "add rule 'from {ip} lookup {table}' priority {FROM_POD_RULE_PRIORITY}"
-        )))?;
+        let all = [Ipv4Net::default()];
+        let dsts = if pod.rule_destinations.is_empty() {
+            &all[..]
+        } else {
+            &pod.rule_destinations[..]
+        };
+        for dst in dsts {
+            let mut from_pod = host
+                .rule()
+                .add()
+                .v4()
+                .source_prefix(ip, 32)
+                .table_id(table)
+                .priority(FROM_POD_RULE_PRIORITY)
+                .action(RuleAction::ToTable);
+            if dst.prefix_len() > 0 {
+                from_pod = from_pod.destination_prefix(dst.network(), dst.prefix_len());
+            }
+            from_pod.execute().await.map_err(nl(format!(
+                "add rule 'from {ip} to {dst} lookup {table}' priority {FROM_POD_RULE_PRIORITY}"
+            )))?;
+        }
     }
     Ok(())
 }

@@ -40,6 +40,26 @@ impl fmt::Display for MacAddr {
     }
 }
 
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+
+    /// `aa:bb:cc:dd:ee:ff`, either case (EC2 and IMDS print lower case).
+    fn from_str(s: &str) -> Result<MacAddr, String> {
+        let bytes: Vec<u8> = s
+            .split(':')
+            .map(|p| {
+                (p.len() == 2)
+                    .then(|| u8::from_str_radix(p, 16).ok())
+                    .flatten()
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("{s:?} is not a MAC address"))?;
+        <[u8; 6]>::try_from(bytes)
+            .map(MacAddr)
+            .map_err(|_| format!("{s:?} is not a MAC address"))
+    }
+}
+
 /// What we need to know about an existing link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {
@@ -83,6 +103,23 @@ pub async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkInfo>, 
         Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => Ok(None),
         Err(e) => Err(nl(format!("look up link {name}"))(e)),
     }
+}
+
+/// Looks a link up by its Ethernet address (how an ENI's interface is found, whatever
+/// the OS named it); `None` if no link has it.
+pub async fn find_link_by_mac(handle: &Handle, mac: MacAddr) -> Result<Option<LinkInfo>, NetError> {
+    let mut links = handle.link().get().execute();
+    while let Some(msg) = links
+        .try_next()
+        .await
+        .map_err(nl(format!("list links looking for {mac}")))?
+    {
+        let info = LinkInfo::from_message(&msg);
+        if info.mac == mac {
+            return Ok(Some(info));
+        }
+    }
+    Ok(None)
 }
 
 /// Like [`find_link`], for links this setup just created and must still exist.
@@ -161,6 +198,21 @@ mod tests {
     fn host_veth_name_is_sha256_of_namespace_dot_name() {
         // From `printf default.web-0 | sha256sum`: 14bf1fdb9f81e894...
         assert_eq!(host_veth_name("default", "web-0"), "eni14bf1fdb9f8");
+    }
+
+    #[test]
+    fn mac_parses_either_case_and_refuses_garbage() {
+        let mac: MacAddr = "02:00:0A:ff:10:01".parse().unwrap();
+        assert_eq!(mac, MacAddr([2, 0, 10, 255, 16, 1]));
+        for bad in [
+            "",
+            "02:00:0a:ff:10",
+            "02:00:0a:ff:10:01:02",
+            "2:00:0a:ff:10:01",
+            "zz:00:0a:ff:10:01",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::cni::{
     CURRENT_VERSION, CniArgs, CniError, CniResult, Command, ErrorCode, Interface, IpConfig,
     NetConf, Route, SUPPORTED_VERSIONS, VersionResult,
 };
+use crate::error_chain;
 use crate::net::veth::{delete_link, find_link};
 use crate::net::{
     NetError, NetNs, POD_GATEWAY, PodLinks, PodNetwork, check_pod_network, host_netlink,
@@ -139,17 +140,6 @@ fn net_error(e: NetError) -> CniError {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 async fn add(args: &CniArgs, conf: &NetConf) -> Result<Value, CniError> {
     let netns = args.netns.clone().expect("required by CniArgs");
     let ifname: &str = required(&args.ifname);
@@ -181,6 +171,25 @@ async fn add(args: &CniArgs, conf: &NetConf) -> Result<Value, CniError> {
         }
     };
     let table = (reply.route_table != 0).then_some(reply.route_table);
+    let rule_destinations = match reply
+        .rule_destinations
+        .iter()
+        .map(|d| d.parse::<Ipv4Net>())
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            release(&mut ipamd, container_id, ifname).await;
+            return Err(CniError::new(
+                ErrorCode::Plugin(ERR_IPAMD),
+                format!(
+                    "ipamd returned invalid rule destinations {:?}",
+                    reply.rule_destinations
+                ),
+                e.to_string(),
+            ));
+        }
+    };
     let pod = PodNetwork {
         netns_path: netns,
         ifname: ifname.to_string(),
@@ -192,6 +201,7 @@ async fn add(args: &CniArgs, conf: &NetConf) -> Result<Value, CniError> {
             DEFAULT_MTU_PODCIDR
         }),
         table,
+        rule_destinations,
     };
 
     // A repeated ADD of an attachment that is complete answers with what exists.
@@ -374,8 +384,9 @@ async fn check(args: &CniArgs, conf: &NetConf) -> Result<(), CniError> {
         host_veth: host_veth(args),
         ip,
         mtu: conf.mtu.unwrap_or(DEFAULT_MTU_PODCIDR),
-        // podcidr mode adds no policy rules.
+        // CHECK does not know the ENI's table: the rules are not checked.
         table: None,
+        rule_destinations: Vec::new(),
     };
     check_pod_network(&pod).await.map_err(net_error)
 }

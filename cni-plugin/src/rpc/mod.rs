@@ -1,6 +1,7 @@
 //! ipamd's gRPC API (proto/ipamd.proto) over a unix socket: the server side that wraps
 //! the allocator, and the client the plugin uses.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::ipam::{AttachmentKey, AttachmentMeta, IpamError, PodCidrIpam, now_ms};
+use crate::ipam::{Added, AttachmentKey, AttachmentMeta, IpamError, PodCidrIpam, now_ms};
 
 pub mod pb {
     tonic::include_proto!("vpccni.ipamd.v1");
@@ -25,23 +26,85 @@ pub const DEFAULT_SOCKET: &str = "/run/vpc-cni/ipamd.sock";
 /// Where the daemon keeps its journal unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vpc-cni";
 
-/// The podcidr-mode service. Allocation does file I/O (an fsync per change), so it runs
-/// on the blocking pool; the mutex serialises changes, which the journal needs anyway.
-#[derive(Clone)]
-pub struct PodCidrService {
-    ipam: Arc<Mutex<PodCidrIpam>>,
+/// What the gRPC service needs from an allocator, whatever its mode.
+pub trait Allocator: Send + 'static {
+    /// Assigns an address to `key` (or returns the one it holds), on disk on return.
+    fn add(
+        &mut self,
+        key: AttachmentKey,
+        meta: AttachmentMeta,
+        now_ms: u64,
+    ) -> Result<Added, IpamError>;
+    /// Releases `key`'s address; `None` if it held none.
+    fn del(&mut self, key: &AttachmentKey, now_ms: u64) -> Result<Option<Ipv4Addr>, IpamError>;
+    fn status(&self, now_ms: u64) -> pb::StatusReply;
 }
 
-impl PodCidrService {
-    pub fn new(ipam: PodCidrIpam) -> Self {
-        PodCidrService {
-            ipam: Arc::new(Mutex::new(ipam)),
+impl Allocator for PodCidrIpam {
+    fn add(
+        &mut self,
+        key: AttachmentKey,
+        meta: AttachmentMeta,
+        now_ms: u64,
+    ) -> Result<Added, IpamError> {
+        let (ip, existing) = PodCidrIpam::add(self, key, meta, now_ms)?;
+        // podcidr mode adds no policy rules.
+        Ok(Added {
+            ip,
+            route_table: 0,
+            existing,
+            rule_destinations: Vec::new(),
+        })
+    }
+
+    fn del(&mut self, key: &AttachmentKey, now_ms: u64) -> Result<Option<Ipv4Addr>, IpamError> {
+        PodCidrIpam::del(self, key, now_ms)
+    }
+
+    fn status(&self, now_ms: u64) -> pb::StatusReply {
+        let stats = self.stats(now_ms);
+        pb::StatusReply {
+            free: stats.free,
+            assigned: stats.assigned,
+            cooldown: stats.cooldown,
+            mode: "podcidr".into(),
+            pod_cidr: self.cidr().to_string(),
+            ..Default::default()
         }
+    }
+}
+
+/// The service over any [`Allocator`]. Allocation does file I/O (an fsync per change),
+/// so it runs on the blocking pool; the mutex serialises changes, which the journal
+/// needs anyway, and is shared with eni mode's reconcile loop.
+pub struct IpamService<A> {
+    ipam: Arc<Mutex<A>>,
+}
+
+impl<A> Clone for IpamService<A> {
+    fn clone(&self) -> Self {
+        IpamService {
+            ipam: self.ipam.clone(),
+        }
+    }
+}
+
+/// podcidr mode's service.
+pub type PodCidrService = IpamService<PodCidrIpam>;
+
+impl<A: Allocator> IpamService<A> {
+    pub fn new(ipam: A) -> Self {
+        IpamService::shared(Arc::new(Mutex::new(ipam)))
+    }
+
+    /// A service over an allocator someone else (the reconcile loop) also holds.
+    pub fn shared(ipam: Arc<Mutex<A>>) -> Self {
+        IpamService { ipam }
     }
 
     async fn with_ipam<T, F>(&self, f: F) -> Result<T, Status>
     where
-        F: FnOnce(&mut PodCidrIpam) -> Result<T, IpamError> + Send + 'static,
+        F: FnOnce(&mut A) -> Result<T, IpamError> + Send + 'static,
         T: Send + 'static,
     {
         let ipam = self.ipam.clone();
@@ -76,7 +139,7 @@ fn key(container_id: String, ifname: String) -> Result<AttachmentKey, Status> {
 }
 
 #[tonic::async_trait]
-impl Ipamd for PodCidrService {
+impl<A: Allocator> Ipamd for IpamService<A> {
     async fn add_network(
         &self,
         req: Request<pb::AddNetworkRequest>,
@@ -89,18 +152,23 @@ impl Ipamd for PodCidrService {
             pod_name: r.pod_name,
         };
         let log_key = key.clone();
-        let (ip, existing) = self
+        let added = self
             .with_ipam(move |ipam| ipam.add(key, meta, now_ms()))
             .await
             .inspect_err(|e| {
                 tracing::warn!(container = %log_key.container_id, ifname = %log_key.ifname, "AddNetwork: {}", e.message())
             })?;
-        tracing::info!(container = %log_key.container_id, ifname = %log_key.ifname, %ip, existing, "AddNetwork");
+        tracing::info!(container = %log_key.container_id, ifname = %log_key.ifname, ip = %added.ip, route_table = added.route_table, existing = added.existing, "AddNetwork");
         Ok(Response::new(pb::AddNetworkReply {
-            ip: format!("{ip}/32"),
+            ip: format!("{}/32", added.ip),
             gateway: String::new(),
-            route_table: 0,
-            existing,
+            route_table: added.route_table,
+            existing: added.existing,
+            rule_destinations: added
+                .rule_destinations
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
         }))
     }
 
@@ -122,16 +190,8 @@ impl Ipamd for PodCidrService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        let (stats, cidr) = self
-            .with_ipam(|ipam| Ok((ipam.stats(now_ms()), ipam.cidr())))
-            .await?;
-        Ok(Response::new(pb::StatusReply {
-            free: stats.free,
-            assigned: stats.assigned,
-            cooldown: stats.cooldown,
-            mode: "podcidr".into(),
-            pod_cidr: cidr.to_string(),
-        }))
+        let reply = self.with_ipam(|ipam| Ok(ipam.status(now_ms()))).await?;
+        Ok(Response::new(reply))
     }
 }
 
