@@ -151,7 +151,14 @@ impl SdkEc2 {
                     .operation_timeout(Duration::from_secs(30))
                     .build(),
             )
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            );
         if let Some(url) = endpoint {
             loader = loader.endpoint_url(url);
         }

@@ -3,4 +3,6 @@
 
 pub mod ec2;
 pub mod imds;
-pub mod limits;
+
+/// The limits table lives in its own crate so the kubelet can use it without the SDK.
+pub use ec2_limits as limits;

@@ -86,9 +86,9 @@ impl CloudIdentity {
     /// and table as `ipamd max-pods` (secondary IPs, no prefix delegation, no custom
     /// networking, as EKS's bootstrap computes it by default).
     pub fn max_pods(&self) -> Result<i64> {
-        let pods = cni_plugin::aws::limits::max_pods(
+        let pods = ec2_limits::max_pods(
             &self.instance_type,
-            cni_plugin::aws::limits::MaxPodsOptions::default(),
+            ec2_limits::MaxPodsOptions::default(),
         )?;
         Ok(i64::from(pods))
     }

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 /// EC2 `DescribeInstanceTypes` network facts, as published by amazon-vpc-cni-k8s
 /// (Apache-2.0), copied from `../shared/data/` (its README describes the columns).
-const CSV: &str = include_str!("../../data/ec2-instance-network-limits.csv");
+const CSV: &str = include_str!("../data/ec2-instance-network-limits.csv");
 
 /// Header the parser was written against; checked so a re-generated file with
 /// reordered columns fails loudly instead of silently mixing up numbers.
