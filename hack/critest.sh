@@ -2,7 +2,7 @@
 # The CRI validation suite (cri-tools' critest) against runtime-shim.
 #
 #   critest.sh install                      Go 1.23 and critest + ginkgo, cached; prints critest's path
-#   critest.sh [--focus RE] [--skip RE]... [--parallel N] [--report-dir D]
+#   critest.sh [--focus RE] [--skip RE]... [--parallel N] [--report-dir D] [-- CRITEST_FLAGS...]
 #
 # The run starts its own runtime-shim (private --root/--state/--listen under a temp dir,
 # ptp + host-local + portmap CNI from /usr/lib/cni, images mirrored to a hack/registry.sh
@@ -73,13 +73,14 @@ cmd_install() {
 cmd_run() {
     require_root
     ARGS=("$@")
-    local focus=() skip=() parallel=2 report_dir=""
+    local focus=() skip=() parallel=2 report_dir="" extra=()
     while [ $# -gt 0 ]; do
         case "$1" in
             --focus) focus+=("-ginkgo.focus=$2"); shift 2 ;;
             --skip) skip+=("-ginkgo.skip=$2"); shift 2 ;;
             --parallel) parallel="$2"; shift 2 ;;
             --report-dir) report_dir="$2"; shift 2 ;;
+            --) shift; extra=("$@"); break ;;
             *) die "unknown flag $1 (see $0 --help)" ;;
         esac
     done
@@ -133,6 +134,7 @@ EOF
     local args=(-runtime-endpoint "unix://$WORK/shim/cri.sock" -image-endpoint "unix://$WORK/shim/cri.sock"
         -parallel "$parallel" "${focus[@]}" "${skip[@]}" -ginkgo.no-color)
     [ -z "$report_dir" ] || args+=(-report-dir "$report_dir")
+    args+=("${extra[@]}")
     log "critest ${args[*]}"
     local rc=0
     # critest execs `ginkgo` for -parallel; it writes a symlink to itself under TMPDIR.
