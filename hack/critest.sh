@@ -43,13 +43,16 @@ install_critest() {
     install_go
     export GOPATH="$NODERT_CACHE/gopath" GOCACHE="$NODERT_CACHE/gocache" GOTOOLCHAIN=local
     export HOME="${HOME:-$NODERT_CACHE/gohome}" CGO_ENABLED=0
-    local version="$CRITEST_VERSION" src
-    if ! src="$("$GO_BIN" mod download -json "sigs.k8s.io/cri-tools@$version" | jq -er .Dir)"; then
+    local version="$CRITEST_VERSION" src json
+    json="$("$GO_BIN" mod download -json "sigs.k8s.io/cri-tools@$version" 2>&1 || true)"
+    if ! src="$(jq -er .Dir <<<"$json" 2>/dev/null)"; then
+        warn "go mod download sigs.k8s.io/cri-tools@$version: $(jq -r .Error <<<"$json" 2>/dev/null || echo "$json")"
         # The nearest release of the same minor line the proxy serves, said out loud.
         version="$("$GO_BIN" list -m -versions sigs.k8s.io/cri-tools 2>/dev/null | tr ' ' '\n' |
             grep "^${CRITEST_VERSION%.*}\.[0-9]*$" | sort -V | tail -1 || true)"
         [ -n "$version" ] || die "the Go module proxy ($("$GO_BIN" env GOPROXY)) serves neither \
-sigs.k8s.io/cri-tools@$CRITEST_VERSION nor another ${CRITEST_VERSION%.*}.x; critest cannot be installed here"
+sigs.k8s.io/cri-tools@$CRITEST_VERSION nor another ${CRITEST_VERSION%.*}.x; critest cannot be installed here \
+(a critest and ginkgo built elsewhere from cri-tools $CRITEST_VERSION can be put in $CRITEST_DIR)"
         warn "sigs.k8s.io/cri-tools@$CRITEST_VERSION refused; using $version"
         src="$("$GO_BIN" mod download -json "sigs.k8s.io/cri-tools@$version" | jq -er .Dir)"
     fi
