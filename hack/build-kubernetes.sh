@@ -21,25 +21,15 @@ fi
 apt_install golang-go dpkg-dev rsync make
 start=$SECONDS
 
-# A private apt configuration with deb-src entries for the machine's own Debian mirror:
-# the system's sources stay untouched.
-APT_DIR="$NODERT_CACHE/apt-src"
-mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/archives/partial"
-[ -f /etc/apt/sources.list.d/debian.sources ] ||
-    die "/etc/apt/sources.list.d/debian.sources not found: this script expects a Debian 12 machine"
-sed 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources >"$APT_DIR/debian.sources"
-APT_OPTS=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$APT_DIR/sources.d"
-    -o Dir::State::Lists="$APT_DIR/lists" -o Dir::Cache::Archives="$APT_DIR/archives")
-mkdir -p "$APT_DIR/sources.d"
-cp "$APT_DIR/debian.sources" "$APT_DIR/sources.d/debian.sources"
+# deb-src entries for the machine's own Debian mirror, in a private apt configuration.
+private_apt "$NODERT_CACHE/apt-src" 's/^Types: deb$/Types: deb deb-src/'
 
 SRC_PARENT="$NODERT_CACHE/src"
 SRC_DIR="$SRC_PARENT/kubernetes-$KUBE_VERSION"
 if [ ! -f "$SRC_DIR/.unpacked" ]; then
     log "fetching Debian's kubernetes source package"
-    apt-get "${APT_OPTS[@]}" update -qq
     rm -rf "$SRC_PARENT" && mkdir -p "$SRC_PARENT"
-    (cd "$SRC_PARENT" && apt-get "${APT_OPTS[@]}" source -qq kubernetes 2>&1 | grep -v "unsandboxed as root" >&2 || true)
+    (cd "$SRC_PARENT" && apt-get "${PRIVATE_APT_OPTS[@]}" source -qq kubernetes 2>&1 | grep -v "unsandboxed as root" >&2 || true)
     src="$(find "$SRC_PARENT" -maxdepth 1 -type d -name "kubernetes-*" | head -1)"
     # bookworm's version string is 1.20.5+really1.20.2: check what is really inside.
     [ -n "$src" ] && grep -q "gitVersion=v$KUBE_VERSION\|$KUBE_VERSION" "$src/debian/changelog" ||

@@ -11,6 +11,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$NODERT_CACHE/target}"
 KUBE_VERSION=1.20.2
 KUBE_BIN_DIR="$NODERT_CACHE/kubernetes-$KUBE_VERSION/bin"
 VENV_DIR="$NODERT_CACHE/venv"
+# The test images hack/images.sh builds and hack/registry.sh serves (overridable so that a
+# branch changing the images can try them without replacing the ones others are using).
+REGISTRY_SEED="${NODERT_REGISTRY_SEED:-$NODERT_CACHE/registry-seed}"
 mkdir -p "$NODERT_CACHE"
 
 log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
@@ -37,6 +40,27 @@ apt_install() {
     fi
     log "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# private_apt DIR SED_EXPR: an apt configuration of our own in DIR whose sources are the
+# machine's Debian sources (/etc/apt/sources.list.d/debian.sources) rewritten by SED_EXPR
+# (e.g. to add deb-src entries or a suite), so the system's own sources stay untouched.
+# Sets PRIVATE_APT_OPTS, the options that make apt-get use it; its lists are refreshed at
+# most once a day.
+private_apt() {
+    local dir="$1" expr="$2"
+    [ -f /etc/apt/sources.list.d/debian.sources ] ||
+        die "/etc/apt/sources.list.d/debian.sources not found: this script expects a Debian 12 machine"
+    mkdir -p "$dir/lists/partial" "$dir/archives/partial" "$dir/sources.d"
+    sed "$expr" /etc/apt/sources.list.d/debian.sources >"$dir/sources.d/debian.sources"
+    PRIVATE_APT_OPTS=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$dir/sources.d"
+        -o Dir::State::Lists="$dir/lists" -o Dir::Cache::Archives="$dir/archives")
+    if [ -z "$(find "$dir/.updated" -mmin -1440 2>/dev/null)" ] ||
+        ! cmp -s "$dir/sources.d/debian.sources" "$dir/.updated"; then
+        log "apt-get update (private sources in $dir)"
+        apt-get "${PRIVATE_APT_OPTS[@]}" update -qq
+        cp "$dir/sources.d/debian.sources" "$dir/.updated"
+    fi
 }
 
 # free_port: an unused loopback TCP port (race-free enough for tests: the kernel picks it).

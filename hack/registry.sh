@@ -13,7 +13,7 @@
 # syntax) covering every upstream registry the seed has images for.
 . "$(dirname "$0")/lib.sh"
 
-SEED="$NODERT_CACHE/registry-seed"
+SEED="$REGISTRY_SEED"
 
 cmd_run() {
     parse_run_args "$@"

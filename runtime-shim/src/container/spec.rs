@@ -158,10 +158,17 @@ pub fn build(
             mounts.push(bind(src, dest, false, "rprivate")?);
         }
     }
+    // runc turns the container's / into rslave before binding volumes, which cuts a
+    // bidirectional volume off from its host peers; as containerd does, make / rshared
+    // when a volume is bidirectional (rslave stays the default otherwise).
+    let mut rootfs_propagation = None;
     for m in &cfg.mounts {
         let propagation = match MountPropagation::try_from(m.propagation) {
             Ok(MountPropagation::PropagationHostToContainer) => "rslave",
-            Ok(MountPropagation::PropagationBidirectional) => "rshared",
+            Ok(MountPropagation::PropagationBidirectional) => {
+                rootfs_propagation = Some("rshared");
+                "rshared"
+            }
             _ => "rprivate",
         };
         let host = Path::new(&m.host_path);
@@ -253,6 +260,9 @@ pub fn build(
     }
     if let Some(filter) = seccomp {
         linux = linux.seccomp(filter);
+    }
+    if let Some(p) = rootfs_propagation {
+        linux = linux.rootfs_propagation(p);
     }
     spec.set_linux(Some(linux.build()?));
     Ok(BuiltSpec { spec, cgroups_path })

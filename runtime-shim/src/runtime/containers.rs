@@ -402,17 +402,28 @@ impl Runtime {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
         let child = c.spawn().context("starting runc exec")?;
+        let runc_pid = child.id();
+        let out = child.wait_with_output();
+        tokio::pin!(out);
         let out = match timeout {
-            Some(t) => match tokio::time::timeout(t, child.wait_with_output()).await {
+            Some(t) => match tokio::time::timeout(t, &mut out).await {
                 Ok(r) => r,
                 Err(_) => {
+                    // The command must not outlive its timeout (containerd kills it too).
+                    // Killing runc alone would leave it running in the container: runc
+                    // exec is the command's parent and subreaper, so kill what runs below
+                    // runc first, then let runc exit on its own.
+                    if let Some(pid) = runc_pid {
+                        kill_descendants(pid);
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut out).await;
                     let _ = std::fs::remove_file(&process);
                     return Err(RuntimeError::FailedPrecondition(format!(
                         "command timed out after {t:?}"
                     )));
                 }
             },
-            None => child.wait_with_output().await,
+            None => out.await,
         };
         let _ = std::fs::remove_file(&process);
         let out = out.context("waiting for runc exec")?;
@@ -431,6 +442,39 @@ impl Runtime {
 }
 
 /// ExecSync output is capped: a runaway command must not exhaust the daemon.
+/// SIGKILLs every descendant of `pid` (not `pid` itself), children before their parents
+/// could reparent them: from /proc/PID/task/*/children, recursively.
+fn kill_descendants(pid: u32) {
+    let mut pending = children_of(pid);
+    while let Some(child) = pending.pop() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        );
+        pending.extend(children_of(child));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The children of every thread of `pid` (a Go program like runc forks from any thread).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 fn cap(mut v: Vec<u8>) -> Vec<u8> {
     const MAX: usize = 16 << 20;
     v.truncate(MAX);
