@@ -51,8 +51,16 @@ async fn main() -> anyhow::Result<()> {
         }};
     }
     if let Some(n) = arg("--hold") {
-        let ready = arg("--ready-file").ok_or_else(|| anyhow::anyhow!("--hold needs --ready-file F"))?;
-        return hold(&mut rt, &image, &log_dir, n.parse()?, std::path::Path::new(&ready)).await;
+        let ready =
+            arg("--ready-file").ok_or_else(|| anyhow::anyhow!("--hold needs --ready-file F"))?;
+        return hold(
+            &mut rt,
+            &image,
+            &log_dir,
+            n.parse()?,
+            std::path::Path::new(&ready),
+        )
+        .await;
     }
     for i in 0..count {
         let pod = pod_config(i, &log_dir);
