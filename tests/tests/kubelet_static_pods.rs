@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use node_tests::control_plane::ControlPlane;
+use node_tests::control_plane::{ControlPlane, kubectl_stdin};
 use node_tests::fixture::unique_name;
 use node_tests::kubelet::{Kubelet, KubeletNode, PodNode, STATIC_POD_CONFIG, StaticPodDir};
 use node_tests::reference_node::shared_containerd as containerd;
@@ -213,4 +213,84 @@ fn static_pods_run_without_an_api_server() {
     drop(statics);
     drop(kubelet);
     let _ = std::fs::remove_file(dir);
+}
+
+/// Hostile input never crashes the kubelet: manifests that are garbage or past
+/// upstream's 10 MiB limit are skipped while a valid one next to them runs; an API
+/// pod with a 1 MiB env value and one with a volume type this kubelet lacks get
+/// errors on the pod, and the kubelet keeps serving.
+#[test]
+fn hostile_input_gets_errors_not_a_crash() {
+    let mut t = PodNode::start_with_config("ks-hostile", STATIC_POD_CONFIG);
+    let statics = StaticPodDir::new(&t.node, containerd());
+    let ns = t.ns.name.clone();
+    let api = (t.cp(), ns.as_str());
+    statics.write("garbage.yaml", "{{{ not: [yaml");
+    statics.write("huge.yaml", &"#".repeat(11 << 20));
+    statics.write(
+        "no-containers.json",
+        r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"x"},"spec":{}}"#,
+    );
+    statics.write("web.yaml", &manifest(&ns, "ok"));
+    let name = format!("static-web-{}", t.node.name);
+    t.kubelet.eventually(
+        "the valid static pod Running",
+        Duration::from_secs(60),
+        || Ok(mirror(api, &name).filter(|m| m["status"]["phase"] == "Running")),
+    );
+
+    // Created, not applied: apply's last-applied annotation could not hold 1 MiB.
+    let big = "x".repeat(1 << 20);
+    let huge_env = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "huge-env", "namespace": ns},
+        "spec": {"nodeName": t.node.name, "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": BUSYBOX, "command": ["true"],
+                "env": [{"name": "BIG", "value": big}]}]},
+    });
+    let kubeconfig = t.cp().kubeconfig();
+    t.kubelet
+        .eventually("huge-env pod creation", Duration::from_secs(30), || {
+            Ok(kubectl_stdin(&kubeconfig, &["create", "-f", "-"], &huge_env.to_string()).ok())
+        });
+    t.create_pod(
+        "nfs",
+        json!({"volumes": [{"name": "v", "nfs": {"server": "127.0.0.1", "path": "/x"}}],
+            "containers": [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"],
+                "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]}),
+    );
+    let huge = t.wait_pod("huge-env", "an error on the huge-env pod", |p| {
+        let s = &p["status"]["containerStatuses"][0]["state"];
+        s["waiting"]["message"].is_string()
+            || s["terminated"]["exitCode"].as_i64().is_some_and(|c| c != 0)
+    });
+    eprintln!(
+        "1 MiB env: {}",
+        huge["status"]["containerStatuses"][0]["state"]
+    );
+    let event = t.wait_event(
+        "involvedObject.name=nfs,reason=FailedMount",
+        "FailedMount for nfs",
+        |_| true,
+    );
+    assert!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not supported")),
+        "{event}"
+    );
+    assert_eq!(t.pod("nfs")["status"]["phase"], "Pending");
+    t.kubelet.check_running().unwrap();
+    let (cp, node) = (t.cp(), t.node.name.clone());
+    t.kubelet
+        .eventually("node still Ready", Duration::from_secs(10), || {
+            let out = cp.kubectl(&[
+                "get",
+                "node",
+                &node,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])?;
+            Ok((out == "True").then_some(()))
+        });
 }
