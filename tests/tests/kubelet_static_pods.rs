@@ -294,3 +294,35 @@ fn hostile_input_gets_errors_not_a_crash() {
             Ok((out == "True").then_some(()))
         });
 }
+
+/// The kubelet writes each pod's /etc/hosts as upstream does (the runtime's own copy
+/// of the node's file knows neither the pod's IP nor its hostAliases).
+#[test]
+fn pods_get_a_kubelet_managed_etc_hosts() {
+    let mut t = PodNode::start("ks-hosts");
+    t.create_pod(
+        "hosts",
+        json!({"restartPolicy": "Never", "hostname": "web-0", "subdomain": "web",
+            "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["foo.local", "bar.local"]}],
+            "containers": [{"name": "main", "image": BUSYBOX, "command": ["cat", "/etc/hosts"]}]}),
+    );
+    let pod = t.wait_pod("hosts", "the pod completed", |p| {
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+    });
+    let log = t.log(&pod, "main");
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{log}");
+    let ip = pod["status"]["podIP"].as_str().unwrap();
+    let ns = &t.ns.name;
+    for want in [
+        "# Kubernetes-managed hosts file.".to_string(),
+        "127.0.0.1\tlocalhost".to_string(),
+        format!("{ip}\tweb-0.web.{ns}.svc.cluster.local\tweb-0"),
+        "# Entries added by HostAliases.".to_string(),
+        "10.1.2.3\tfoo.local\tbar.local".to_string(),
+    ] {
+        assert!(
+            log.lines().any(|l| l == want),
+            "missing {want:?} in:\n{log}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 mod admission;
 mod backoff;
 pub mod env;
+mod etc_hosts;
 pub(crate) mod events;
 pub mod fieldpath;
 mod lifecycle;

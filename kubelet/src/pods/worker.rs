@@ -16,7 +16,7 @@ use super::backoff::{RestartBackoff, go_duration};
 use super::fieldpath::PodAddresses;
 use super::spec::{self, LABEL_CONTAINER_NAME, LABEL_POD_UID, PodIdentity};
 use super::status::{RuntimeView, StatusInputs, pod_status};
-use super::{PodContext, env, events, lifecycle, now, pull_secrets, static_pods};
+use super::{PodContext, env, etc_hosts, events, lifecycle, now, pull_secrets, static_pods};
 use crate::probes::handler::Target;
 use crate::probes::{ContainerHealth, Kind, PodProbes, RunningContainer};
 use crate::volumes::{self, PodVolumes};
@@ -737,8 +737,17 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.privileged)
             .unwrap_or(false);
-        let mounts = volumes::container_mounts(self.volumes.ready(), c, privileged, &env)
+        let mut mounts = volumes::container_mounts(self.volumes.ready(), c, privileged, &env)
             .map_err(config_error)?;
+        let hosts = etc_hosts::mount(
+            &self.ctx.root_dir,
+            pod,
+            c,
+            &sandbox.pod_ip,
+            &self.ctx.cluster_domain,
+        )
+        .map_err(|e| config_error(format!("failed to write the pod's hosts file: {e}")))?;
+        mounts.extend(hosts);
         let config = spec::container_config(pod, c, attempt, &env, mounts);
         let mut rt = self.ctx.cri.runtime_client();
         let id = rt
