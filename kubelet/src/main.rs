@@ -103,6 +103,42 @@ async fn run(flags: Flags) -> Result<()> {
         None
     };
 
+    // Pods start before the node registers: static pods must run while the API
+    // server is unreachable (they may be the API server).
+    let pods_task = {
+        let host_ip = settings
+            .node_ip
+            .or_else(kubelet::node::host::default_ipv4)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let runtime_name = cri
+            .version()
+            .await
+            .map(|v| v.runtime_name)
+            .unwrap_or_else(|_| "cri".into());
+        let ctx = kubelet::pods::PodContext {
+            client: client.clone(),
+            cri: cri.clone(),
+            host_ip,
+            cluster_dns: settings.cluster_dns.clone(),
+            cluster_domain: settings.cluster_domain.clone(),
+            runtime_name,
+            root_dir: settings.root_dir.clone(),
+            uid: String::new(),
+            view: pods,
+            mirrors: kubelet::pods::mirror::Mirrors::new(client.clone(), &settings.node_name),
+        };
+        let node_name = settings.node_name.clone();
+        let static_pods =
+            settings
+                .static_pod_path
+                .clone()
+                .map(|path| kubelet::pods::StaticPodConfig {
+                    path,
+                    period: settings.file_check_frequency,
+                });
+        tokio::spawn(async move { kubelet::pods::run(ctx, &node_name, static_pods).await })
+    };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut reporter = StatusReporter::new(
@@ -128,31 +164,6 @@ async fn run(flags: Flags) -> Result<()> {
         settings.node_lease_duration_seconds,
     );
     let lease_task = tokio::spawn(lease.run());
-    let pods_task = {
-        let host_ip = settings
-            .node_ip
-            .or_else(kubelet::node::host::default_ipv4)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
-        let runtime_name = cri
-            .version()
-            .await
-            .map(|v| v.runtime_name)
-            .unwrap_or_else(|_| "cri".into());
-        let ctx = kubelet::pods::PodContext {
-            client: client.clone(),
-            cri: cri.clone(),
-            host_ip,
-            cluster_dns: settings.cluster_dns.clone(),
-            cluster_domain: settings.cluster_domain.clone(),
-            runtime_name,
-            root_dir: settings.root_dir.clone(),
-            uid: String::new(),
-            view: pods,
-        };
-        let node_name = settings.node_name.clone();
-        tokio::spawn(async move { kubelet::pods::run(ctx, &node_name).await })
-    };
     let status_task = tokio::spawn(reporter.run());
     let mut rotation = rotation_task(&settings, &client);
     let rotated = loop {

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use k8s_cri::v1 as cri;
 use serde_json::{Value, json};
 
 use crate::control_plane::ControlPlane;
@@ -481,4 +482,145 @@ pub fn condition<'a>(pod: &'a Value, type_: &str) -> &'a Value {
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
         .unwrap_or(&Value::Null)
+}
+
+/// The static pod directory of a [`PodNode`] (`staticPodPath: manifests` in its
+/// config, relative to the config file). Dropping it removes every manifest, waits
+/// for the kubelet to stop those pods, and force-removes what is left in the runtime,
+/// so a failed test leaves nothing in the shared containerd. Drop it before the node.
+pub struct StaticPodDir {
+    pub dir: PathBuf,
+    node: String,
+    socket: PathBuf,
+}
+
+/// The KubeletConfiguration fields pointing a node at its [`StaticPodDir`].
+pub const STATIC_POD_CONFIG: &str = "staticPodPath: manifests\nfileCheckFrequency: 1s\n";
+
+impl StaticPodDir {
+    pub fn new(node: &KubeletNode, socket: &Path) -> Self {
+        let dir = node.base.join("manifests");
+        std::fs::create_dir_all(&dir).expect("creating the manifest dir");
+        StaticPodDir {
+            dir,
+            node: node.name.clone(),
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// Writes `manifest` to `file` atomically (a dot file renamed into place, which
+    /// the kubelet ignores until then).
+    pub fn write(&self, file: &str, manifest: &str) {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, manifest).expect("writing a manifest");
+        std::fs::rename(&tmp, self.dir.join(file)).expect("renaming a manifest");
+    }
+
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.dir.join(file)).expect("removing a manifest");
+    }
+
+    /// The runtime's sandboxes of this node's static pods (named `*-<node>`):
+    /// (sandbox id, pod uid, ready).
+    pub fn sandboxes(&self) -> Result<Vec<(String, String, bool)>> {
+        let suffix = format!("-{}", self.node);
+        cri_call(&self.socket, |mut rt| async move {
+            let items = rt
+                .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                .await?
+                .into_inner()
+                .items;
+            Ok(items
+                .into_iter()
+                .filter(|s| {
+                    s.metadata
+                        .as_ref()
+                        .is_some_and(|m| m.name.ends_with(&suffix))
+                })
+                .map(|s| {
+                    let uid = s.metadata.map(|m| m.uid).unwrap_or_default();
+                    (
+                        s.id,
+                        uid,
+                        s.state == cri::PodSandboxState::SandboxReady as i32,
+                    )
+                })
+                .collect())
+        })
+    }
+
+    /// The running containers of the pod with `uid`, by id.
+    pub fn running_containers(&self, uid: &str) -> Result<Vec<String>> {
+        let uid = uid.to_string();
+        cri_call(&self.socket, |mut rt| async move {
+            let filter = cri::ContainerFilter {
+                label_selector: [("io.kubernetes.pod.uid".to_string(), uid)].into(),
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            };
+            let list = rt
+                .list_containers(cri::ListContainersRequest {
+                    filter: Some(filter),
+                })
+                .await?
+                .into_inner()
+                .containers;
+            Ok(list.into_iter().map(|c| c.id).collect())
+        })
+    }
+}
+
+type RuntimeClient = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// Runs `f` with a CRI runtime client for `socket` on a private tokio runtime.
+fn cri_call<T, F, Fut>(socket: &Path, f: F) -> Result<T>
+where
+    F: FnOnce(RuntimeClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = RuntimeClient::new(crate::runtime_shim::connect(socket).await?);
+        f(client).await
+    })
+}
+
+impl Drop for StaticPodDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let gone = try_eventually(Duration::from_secs(30), || {
+            Ok(self.sandboxes()?.is_empty().then_some(()))
+        });
+        if gone.is_ok() {
+            return;
+        }
+        // The kubelet did not stop them (it may have died): remove them ourselves.
+        let ids: Vec<String> = self
+            .sandboxes()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect();
+        let _ = cri_call(&self.socket, |mut rt| async move {
+            for id in ids {
+                let _ = rt
+                    .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                        pod_sandbox_id: id.clone(),
+                    })
+                    .await;
+                let _ = rt
+                    .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                    .await;
+            }
+            Ok(())
+        });
+    }
 }

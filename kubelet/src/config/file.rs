@@ -38,6 +38,9 @@ pub struct KubeletConfigFile {
     pub cluster_dns: Option<Vec<String>>,
     pub cluster_domain: Option<String>,
     pub enable_server: Option<bool>,
+    /// Static pod manifests (--pod-manifest-path).
+    pub static_pod_path: Option<std::path::PathBuf>,
+    pub file_check_frequency: Option<String>,
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_private_key_file: Option<std::path::PathBuf>,
     pub authentication: Option<super::server::AuthenticationFile>,
@@ -62,6 +65,7 @@ impl KubeletConfigFile {
         };
         resolve(&mut self.tls_cert_file);
         resolve(&mut self.tls_private_key_file);
+        resolve(&mut self.static_pod_path);
         if let Some(authn) = self.authentication.as_mut() {
             resolve(&mut authn.x509.client_ca_file);
         }

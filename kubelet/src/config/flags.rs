@@ -142,6 +142,14 @@ pub struct Flags {
     #[arg(long)]
     pub authorization_webhook_cache_unauthorized_ttl: Option<String>,
 
+    /// Directory (or single file) of static pod manifests; empty for none.
+    #[arg(long)]
+    pub pod_manifest_path: Option<PathBuf>,
+
+    /// How often --pod-manifest-path is re-read, e.g. 20s.
+    #[arg(long)]
+    pub file_check_frequency: Option<String>,
+
     /// Log verbosity (klog levels: 0-3 info, 4-5 debug, 6+ trace).
     #[arg(long = "v", short = 'v', default_value_t = 0)]
     pub verbosity: u8,
@@ -180,7 +188,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "eviction-soft-grace-period",
     "experimental-mounter-path",
     "feature-gates",
-    "file-check-frequency",
     "hairpin-mode",
     "healthz-bind-address",
     "healthz-port",
@@ -218,7 +225,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "oom-score-adj",
     "pod-cidr",
     "pod-infra-container-image",
-    "pod-manifest-path",
     "pod-max-pids",
     "pods-per-core",
     "qos-reserved",

@@ -62,6 +62,10 @@ pub struct Settings {
     /// clusterDNS / clusterDomain from the config file (ClusterFirst pods).
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
+    /// staticPodPath / --pod-manifest-path: static pod manifests, if any.
+    pub static_pod_path: Option<PathBuf>,
+    /// fileCheckFrequency / --file-check-frequency: how often they are re-read.
+    pub file_check_frequency: Duration,
     pub verbosity: u8,
 }
 
@@ -207,6 +211,21 @@ impl Settings {
         if node_status_update_frequency.is_zero() || node_status_report_frequency.is_zero() {
             bail!("nodeStatusUpdateFrequency and nodeStatusReportFrequency must be positive");
         }
+        let file_check_frequency = duration(
+            flags
+                .file_check_frequency
+                .or(file.file_check_frequency.clone()),
+            Duration::from_secs(20),
+            "fileCheckFrequency",
+        )?;
+        if file_check_frequency.is_zero() {
+            bail!("fileCheckFrequency must be positive");
+        }
+        // An empty path means no static pods, as upstream.
+        let static_pod_path = flags
+            .pod_manifest_path
+            .or(file.static_pod_path.clone())
+            .filter(|p| !p.as_os_str().is_empty());
         let node_lease_duration_seconds = file.node_lease_duration_seconds.unwrap_or(40);
         let node_lease_duration_seconds = i32::try_from(node_lease_duration_seconds)
             .ok()
@@ -271,6 +290,8 @@ impl Settings {
                 .cluster_domain
                 .clone()
                 .unwrap_or_else(|| "cluster.local".into()),
+            static_pod_path,
+            file_check_frequency,
             verbosity: flags.verbosity,
         })
     }
@@ -436,6 +457,40 @@ mod tests {
         assert_eq!(s.reserved.memory_bytes, 100 << 20);
         assert_eq!(s.reserved.nodefs_available_fraction, 0.1);
         assert_eq!(s.root_dir, PathBuf::from("/var/lib/kubelet"));
+        assert_eq!(s.static_pod_path, None);
+        assert_eq!(s.file_check_frequency, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn static_pod_path_from_the_file_or_the_flag() {
+        let file = || {
+            KubeletConfigFile::parse(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                 staticPodPath: /etc/kubernetes/manifests\nfileCheckFrequency: 5s\n",
+            )
+            .unwrap()
+        };
+        let s = Settings::resolve(flags(&["--kubeconfig=/k"]), Some(file()), "h").unwrap();
+        assert_eq!(s.static_pod_path, Some("/etc/kubernetes/manifests".into()));
+        assert_eq!(s.file_check_frequency, Duration::from_secs(5));
+        let s = Settings::resolve(
+            flags(&[
+                "--kubeconfig=/k",
+                "--pod-manifest-path=/m",
+                "--file-check-frequency=1s",
+            ]),
+            Some(file()),
+            "h",
+        )
+        .unwrap();
+        assert_eq!(s.static_pod_path, Some("/m".into()));
+        assert_eq!(s.file_check_frequency, Duration::from_secs(1));
+        let empty = KubeletConfigFile::parse(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nstaticPodPath: ''\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(flags(&["--kubeconfig=/k"]), Some(empty), "h").unwrap();
+        assert_eq!(s.static_pod_path, None);
     }
 
     #[test]

@@ -63,13 +63,26 @@ pub async fn container_env(
 ) -> Result<EnvVars, String> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
-    let service_env = service_env(
+    let service_env = match service_env(
         client,
         &namespace,
         spec.enable_service_links.unwrap_or(true),
     )
     .await
-    .map_err(|e| format!("failed to list services when setting up env vars: {e}"))?;
+    {
+        Ok(env) => env,
+        // A static pod must start while the API server is down (it may be the API
+        // server): upstream's service cache is then simply empty.
+        Err(e) if super::static_pods::is_static(pod) => {
+            tracing::debug!(error = %e, "no service env for a static pod: services unreadable");
+            BTreeMap::new()
+        }
+        Err(e) => {
+            return Err(format!(
+                "failed to list services when setting up env vars: {e}"
+            ));
+        }
+    };
     let mut objects = Objects {
         client,
         namespace: &namespace,

@@ -4,12 +4,15 @@
 mod admission;
 mod backoff;
 pub mod env;
+mod etc_hosts;
 pub(crate) mod events;
 pub mod fieldpath;
 mod lifecycle;
+pub mod mirror;
 mod pull_secrets;
 pub mod sources;
 mod spec;
+pub mod static_pods;
 mod status;
 mod worker;
 
@@ -21,8 +24,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::watcher;
-use tokio::sync::watch;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::{mpsc, watch};
 
 use crate::cri::CriClient;
 
@@ -42,6 +45,8 @@ pub struct PodContext {
     pub uid: String,
     /// Filled by [`run`] for readers such as the :10250 server.
     pub view: PodView,
+    /// The API's mirror pods of this node's static pods.
+    pub mirrors: mirror::Mirrors,
 }
 
 /// A read-only view of the pods bound to this node as the watch last saw them, keyed
@@ -78,89 +83,257 @@ pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Runs until the watch ends: starts a worker for every new pod UID, forwards updates,
-/// and tells workers of pods that disappeared.
-pub async fn run(ctx: PodContext, node_name: &str) {
+/// Where static pods come from: `staticPodPath` and how often it is read.
+pub struct StaticPodConfig {
+    pub path: std::path::PathBuf,
+    pub period: std::time::Duration,
+}
+
+/// Runs until the watch ends: starts a worker for every new pod UID (bound to the node
+/// in the API, or static from `static_pods`), forwards updates, and tells workers of
+/// pods that disappeared. Static pods run whether or not the API server answers.
+pub async fn run(ctx: PodContext, node_name: &str, static_pods: Option<StaticPodConfig>) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-    let mut events = watcher(api, config).boxed();
-    let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
-    // Pods refused at admission: Failed for good, never run.
-    let mut rejected: HashSet<String> = HashSet::new();
-    let mut seen_in_relist: Vec<String> = vec![];
-    while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "pod watch failed; it restarts by itself");
-                continue;
-            }
-        };
+    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut d = Dispatcher {
+        ctx,
+        node_name: node_name.to_string(),
+        workers: HashMap::new(),
+        rejected: HashSet::new(),
+        seen_in_relist: vec![],
+        mirrors_in_relist: vec![],
+        static_pods: HashMap::new(),
+        static_listed: false,
+    };
+    let (tx, mut static_sets) = mpsc::channel(1);
+    if let Some(config) = static_pods {
+        let mut source = static_pods::FileSource::new(config.path, node_name, config.period);
+        // Read before the API's first list, so that list's clean-up never mistakes a
+        // static pod's directory for a pod deleted while the kubelet was down.
+        d.set_static(source.list()).await;
+        tokio::spawn(source.run(tx));
+    } else {
+        drop(tx);
+    }
+    d.static_listed = true;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(e)) => d.on_api_event(e).await,
+                Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; it restarts by itself"),
+                None => return,
+            },
+            Some(set) = static_sets.recv() => d.set_static(set).await,
+        }
+    }
+}
+
+/// The pod workers and what decides their fate.
+struct Dispatcher {
+    ctx: PodContext,
+    node_name: String,
+    workers: HashMap<String, watch::Sender<Option<Pod>>>,
+    /// Pods refused at admission: Failed for good, never run.
+    rejected: HashSet<String>,
+    seen_in_relist: Vec<String>,
+    mirrors_in_relist: Vec<String>,
+    /// Static pods by UID, including removed ones whose worker is still stopping them.
+    static_pods: HashMap<String, Pod>,
+    /// The static pod path has been read once: a mirror without a static pod is an
+    /// orphan.
+    static_listed: bool,
+}
+
+impl Dispatcher {
+    async fn on_api_event(&mut self, event: watcher::Event<Pod>) {
         match event {
-            watcher::Event::Init => seen_in_relist.clear(),
+            watcher::Event::Init => {
+                self.seen_in_relist.clear();
+                self.mirrors_in_relist.clear();
+            }
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)
+                if static_pods::is_mirror(&pod) =>
+            {
+                self.mirrors_in_relist.push(static_pods::full_name(&pod));
+                self.ctx.mirrors.set(pod.clone());
+                self.mirror_changed(&pod).await;
+            }
             watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                seen_in_relist.push(uid.clone());
-                ctx.view
-                    .update(|v| drop(v.insert(uid.clone(), pod.clone())));
-                workers.retain(|_, tx| !tx.is_closed());
-                match workers.get(&uid) {
-                    Some(tx) => {
-                        let _ = tx.send(Some(pod));
-                    }
-                    None if rejected.contains(&uid) || never_ran(&pod) => {}
-                    None => {
-                        if needs_admission(&pod) {
-                            let active: Vec<Pod> = ctx
-                                .view
-                                .pods()
-                                .into_iter()
-                                .filter(|p| {
-                                    let id = p.metadata.uid.as_deref().unwrap_or_default();
-                                    workers.contains_key(id) && !terminal(p)
-                                })
-                                .collect();
-                            if let Err(r) = admit(&ctx, node_name, &pod, &active).await {
-                                reject(&ctx, &pod, r).await;
-                                // Refused on a re-admission after a restart: what it
-                                // ran here is killed and removed, as upstream kills
-                                // rejected pods.
-                                if crate::volumes::pod_uids(&ctx.root_dir).contains(&uid) {
-                                    drop(spawn_worker(&ctx, uid.clone(), None));
-                                }
-                                rejected.insert(uid);
-                                continue;
-                            }
-                        }
-                        workers.insert(uid.clone(), spawn_worker(&ctx, uid, Some(pod)));
-                    }
-                }
+                self.on_api_pod(pod).await
+            }
+            watcher::Event::Delete(pod) if static_pods::is_mirror(&pod) => {
+                self.ctx
+                    .mirrors
+                    .remove(&static_pods::full_name(&pod), pod.metadata.uid.as_deref());
+                self.mirror_changed(&pod).await;
             }
             watcher::Event::Delete(pod) => {
-                ctx.view
-                    .update(|v| drop(v.remove(pod.metadata.uid.as_deref().unwrap_or_default())));
-                if let Some(tx) = workers.get(pod.metadata.uid.as_deref().unwrap_or_default()) {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                self.ctx.view.update(|v| drop(v.remove(&uid)));
+                if let Some(tx) = self.workers.get(&uid) {
                     let _ = tx.send(None);
                 }
             }
             watcher::Event::InitDone => {
-                ctx.view
-                    .update(|v| v.retain(|uid, _| seen_in_relist.contains(uid)));
+                let statics: HashSet<String> = self.static_pods.keys().cloned().collect();
+                let seen = &self.seen_in_relist;
+                self.ctx
+                    .view
+                    .update(|v| v.retain(|uid, _| seen.contains(uid) || statics.contains(uid)));
+                let mirrors = &self.mirrors_in_relist;
+                self.ctx
+                    .mirrors
+                    .retain(|name| mirrors.iter().any(|m| m == name));
                 // Pods deleted while the watch was down.
-                for (uid, tx) in &workers {
-                    if !seen_in_relist.contains(uid) {
+                for (uid, tx) in &self.workers {
+                    if !seen.contains(uid) && !statics.contains(uid) {
                         let _ = tx.send(None);
                     }
                 }
                 // Pods deleted while this kubelet was down left their directories: a
                 // worker without a pod removes what the runtime and the node hold.
-                for uid in crate::volumes::pod_uids(&ctx.root_dir) {
-                    if !seen_in_relist.contains(&uid) && !workers.contains_key(&uid) {
-                        workers.insert(uid.clone(), spawn_worker(&ctx, uid, None));
+                for uid in crate::volumes::pod_uids(&self.ctx.root_dir) {
+                    if !self.seen_in_relist.contains(&uid) && !self.workers.contains_key(&uid) {
+                        let tx = spawn_worker(&self.ctx, uid.clone(), None);
+                        self.workers.insert(uid, tx);
                     }
                 }
+                self.delete_orphaned_mirrors().await;
             }
         }
+    }
+
+    async fn on_api_pod(&mut self, pod: Pod) {
+        let ctx = &self.ctx;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        self.seen_in_relist.push(uid.clone());
+        ctx.view
+            .update(|v| drop(v.insert(uid.clone(), pod.clone())));
+        self.workers.retain(|_, tx| !tx.is_closed());
+        if let Some(tx) = self.workers.get(&uid) {
+            let _ = tx.send(Some(pod));
+            return;
+        }
+        if self.rejected.contains(&uid) || never_ran(&pod) {
+            return;
+        }
+        if needs_admission(&pod) {
+            let active: Vec<Pod> = ctx
+                .view
+                .pods()
+                .into_iter()
+                .filter(|p| {
+                    let id = p.metadata.uid.as_deref().unwrap_or_default();
+                    self.workers.contains_key(id) && !terminal(p)
+                })
+                .collect();
+            if let Err(r) = admit(ctx, &self.node_name, &pod, &active).await {
+                reject(ctx, &pod, r).await;
+                // Refused on a re-admission after a restart: what it ran here is
+                // killed and removed, as upstream kills rejected pods.
+                if crate::volumes::pod_uids(&ctx.root_dir).contains(&uid) {
+                    drop(spawn_worker(ctx, uid.clone(), None));
+                }
+                self.rejected.insert(uid);
+                return;
+            }
+        }
+        let tx = spawn_worker(ctx, uid.clone(), Some(pod));
+        self.workers.insert(uid, tx);
+    }
+
+    /// A mirror pod was created, changed or deleted: the static pod's worker syncs at
+    /// once (recreating it if needed); a deleted mirror is never a deletion of the
+    /// static pod. A mirror whose static pod is gone is deleted.
+    async fn mirror_changed(&mut self, mirror: &Pod) {
+        let name = static_pods::full_name(mirror);
+        let owner = self.static_pods.iter().find(|(_, p)| {
+            static_pods::full_name(p) == name && p.metadata.deletion_timestamp.is_none()
+        });
+        match owner {
+            Some((uid, pod)) => {
+                if let Some(tx) = self.workers.get(uid) {
+                    let _ = tx.send(Some(pod.clone()));
+                }
+            }
+            None => self.delete_orphaned_mirrors().await,
+        }
+    }
+
+    /// upstream's deleteOrphanedMirrorPods: mirrors whose static pod is gone (and no
+    /// longer stopping).
+    async fn delete_orphaned_mirrors(&mut self) {
+        if !self.static_listed {
+            return;
+        }
+        self.prune_static();
+        for mirror in self.ctx.mirrors.all() {
+            let name = static_pods::full_name(&mirror);
+            if self
+                .static_pods
+                .values()
+                .any(|p| static_pods::full_name(p) == name)
+            {
+                continue;
+            }
+            tracing::info!(pod = %name, "deleting orphaned mirror pod");
+            if let Err(e) = self.ctx.mirrors.delete(&mirror).await {
+                tracing::warn!(pod = %name, error = %format!("{e:#}"), "deleting an orphaned mirror pod");
+            }
+        }
+    }
+
+    /// Forgets removed static pods whose worker has finished.
+    fn prune_static(&mut self) {
+        let workers = &self.workers;
+        self.static_pods.retain(|uid, p| {
+            p.metadata.deletion_timestamp.is_none()
+                || workers.get(uid).is_some_and(|tx| !tx.is_closed())
+        });
+    }
+
+    /// The static pods the file source holds now: new UIDs start, missing ones are
+    /// stopped gracefully (a removed file, or the old version of an edited one).
+    async fn set_static(&mut self, pods: Vec<Pod>) {
+        self.workers.retain(|_, tx| !tx.is_closed());
+        let current: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        for (uid, pod) in self.static_pods.iter_mut() {
+            if current.contains(uid) || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            tracing::info!(pod = %static_pods::full_name(pod), %uid, "static pod removed");
+            // Stopped as upstream kills a removed static pod: with its grace period.
+            pod.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ));
+            pod.metadata.deletion_grace_period_seconds = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds);
+            let uid = uid.clone();
+            self.ctx.view.update(|v| drop(v.remove(&uid)));
+            if let Some(tx) = self.workers.get(&uid) {
+                let _ = tx.send(Some(pod.clone()));
+            }
+        }
+        for pod in pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if self.static_pods.contains_key(&uid) {
+                continue;
+            }
+            tracing::info!(pod = %static_pods::full_name(&pod), %uid, "static pod added");
+            self.ctx
+                .view
+                .update(|v| drop(v.insert(uid.clone(), pod.clone())));
+            // Static pods are critical upstream, admitted by preempting others if need
+            // be; with no preemption here they are admitted as they are.
+            let tx = spawn_worker(&self.ctx, uid.clone(), Some(pod.clone()));
+            self.workers.insert(uid.clone(), tx);
+            self.static_pods.insert(uid, pod);
+        }
+        self.delete_orphaned_mirrors().await;
     }
 }
 

@@ -133,36 +133,68 @@ pub fn sandbox_config(
     }
 }
 
-/// dnsPolicy ClusterFirst (the default) with the cluster's DNS, Default (the node's
-/// resolv.conf, what the runtime does without a DNSConfig) and None + dnsConfig.
+/// upstream's --resolv-conf default: the node's resolver, the base of `Default` pods
+/// (and of `ClusterFirst` ones when no cluster DNS is configured).
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// upstream's limits (validation.MaxDNSNameservers, MaxDNSSearchPaths in 1.20).
+const MAX_DNS_SERVERS: usize = 3;
+const MAX_DNS_SEARCHES: usize = 6;
+
+/// The pod's resolver as upstream's GetPodDNS builds it: ClusterFirst (the default)
+/// uses the cluster's DNS with the cluster search domains before the node's and
+/// `ndots:5`; Default (and ClusterFirst on the host network or without cluster DNS)
+/// the node's resolv.conf; None nothing. A dnsConfig is then merged in (servers and
+/// searches appended without duplicates, options by name) and the result cut to
+/// upstream's limits.
 fn dns_config(pod: &Pod, cluster_dns: &[String], cluster_domain: &str) -> Option<cri::DnsConfig> {
+    let host = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
+    pod_dns(pod, cluster_dns, cluster_domain, &parse_resolv_conf(&host))
+}
+
+fn pod_dns(
+    pod: &Pod,
+    cluster_dns: &[String],
+    cluster_domain: &str,
+    host: &cri::DnsConfig,
+) -> Option<cri::DnsConfig> {
     let spec = pod.spec.as_ref()?;
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
     let host_network = spec.host_network.unwrap_or(false);
-    let mut cfg = match policy {
-        "ClusterFirst" | "ClusterFirstWithHostNet"
-            if !cluster_dns.is_empty()
-                && (!host_network || policy == "ClusterFirstWithHostNet") =>
-        {
-            cri::DnsConfig {
-                servers: cluster_dns.to_vec(),
-                searches: vec![
+    let cluster = match policy {
+        "None" => None,
+        "ClusterFirstWithHostNet" => Some(true),
+        "ClusterFirst" => Some(!host_network),
+        _ => Some(false),
+    };
+    let mut cfg = match cluster {
+        None => cri::DnsConfig::default(),
+        Some(true) if !cluster_dns.is_empty() => {
+            let mut searches = if cluster_domain.is_empty() {
+                vec![]
+            } else {
+                vec![
                     format!("{ns}.svc.{cluster_domain}"),
                     format!("svc.{cluster_domain}"),
                     cluster_domain.to_string(),
-                ],
+                ]
+            };
+            searches.extend(host.searches.iter().cloned());
+            cri::DnsConfig {
+                servers: cluster_dns.to_vec(),
+                searches: without_duplicates(searches),
                 options: vec!["ndots:5".into()],
             }
         }
-        "None" => cri::DnsConfig::default(),
-        _ => return None,
+        Some(_) => host.clone(),
     };
     if let Some(extra) = &spec.dns_config {
         cfg.servers
             .extend(extra.nameservers.clone().unwrap_or_default());
+        cfg.servers = without_duplicates(std::mem::take(&mut cfg.servers));
         cfg.searches
             .extend(extra.searches.clone().unwrap_or_default());
+        cfg.searches = without_duplicates(std::mem::take(&mut cfg.searches));
         for o in extra.options.clone().unwrap_or_default() {
             let name = o.name.unwrap_or_default();
             cfg.options
@@ -173,7 +205,38 @@ fn dns_config(pod: &Pod, cluster_dns: &[String], cluster_domain: &str) -> Option
             });
         }
     }
+    cfg.servers.truncate(MAX_DNS_SERVERS);
+    cfg.searches.truncate(MAX_DNS_SEARCHES);
     Some(cfg)
+}
+
+fn without_duplicates(list: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    list.into_iter()
+        .filter(|s| seen.insert(s.clone()))
+        .collect()
+}
+
+/// upstream's parseResolvConf: nameservers, the last `search` line (trailing dots
+/// dropped) and the last `options` line.
+fn parse_resolv_conf(text: &str) -> cri::DnsConfig {
+    let mut cfg = cri::DnsConfig::default();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [first, ..] if first.starts_with('#') => {}
+            ["nameserver", server, ..] => cfg.servers.push(server.to_string()),
+            ["search", rest @ ..] => {
+                cfg.searches = rest
+                    .iter()
+                    .map(|s| s.trim_end_matches('.').to_string())
+                    .collect()
+            }
+            ["options", rest @ ..] => cfg.options = rest.iter().map(|s| s.to_string()).collect(),
+            _ => {}
+        }
+    }
+    cfg
 }
 
 /// The CRI config of one attempt of `c`, with its resolved environment (see
@@ -364,5 +427,77 @@ mod tests {
         assert_eq!(dns.options, vec!["ndots:5"]);
         assert_eq!(s.log_directory, "/var/log/pods/web_p_u");
         assert_eq!(s.labels[LABEL_POD_UID], "u");
+    }
+
+    fn dns_of(spec: serde_json::Value, cluster_dns: &[&str]) -> cri::DnsConfig {
+        let mut spec = spec;
+        spec["containers"] = serde_json::json!([{"name": "c", "image": "busybox"}]);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "web"}, "spec": spec,
+        }))
+        .unwrap();
+        let host = parse_resolv_conf(
+            "# node\nnameserver 192.168.0.2\nnameserver 192.168.0.3\nsearch corp.example. lab.example\noptions rotate timeout:1\n",
+        );
+        let cluster: Vec<String> = cluster_dns.iter().map(|s| s.to_string()).collect();
+        pod_dns(&pod, &cluster, "cluster.local", &host).unwrap()
+    }
+
+    #[test]
+    fn dns_policies_follow_upstream() {
+        let first = dns_of(serde_json::json!({}), &["10.96.0.10"]);
+        assert_eq!(first.servers, ["10.96.0.10"]);
+        assert_eq!(
+            first.searches,
+            [
+                "web.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "corp.example",
+                "lab.example"
+            ]
+        );
+        assert_eq!(first.options, ["ndots:5"]);
+        // Default, ClusterFirst on the host network or without cluster DNS: the node's.
+        for (spec, cluster) in [
+            (
+                serde_json::json!({"dnsPolicy": "Default"}),
+                &["10.96.0.10"][..],
+            ),
+            (
+                serde_json::json!({"hostNetwork": true}),
+                &["10.96.0.10"][..],
+            ),
+            (serde_json::json!({}), &[][..]),
+        ] {
+            let d = dns_of(spec, cluster);
+            assert_eq!(d.servers, ["192.168.0.2", "192.168.0.3"]);
+            assert_eq!(d.searches, ["corp.example", "lab.example"]);
+            assert_eq!(d.options, ["rotate", "timeout:1"]);
+        }
+        let with_host_net = dns_of(
+            serde_json::json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"}),
+            &["10.96.0.10"],
+        );
+        assert_eq!(with_host_net.servers, ["10.96.0.10"]);
+        // None: only dnsConfig, cut to upstream's limits.
+        let none = dns_of(
+            serde_json::json!({"dnsPolicy": "None", "dnsConfig": {
+                "nameservers": ["1.1.1.1", "1.1.1.1", "8.8.8.8", "9.9.9.9", "4.4.4.4"],
+                "searches": ["a", "b", "c", "d", "e", "f", "g"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}}),
+            &["10.96.0.10"],
+        );
+        assert_eq!(none.servers, ["1.1.1.1", "8.8.8.8", "9.9.9.9"]);
+        assert_eq!(none.searches.len(), 6);
+        assert_eq!(none.options, ["ndots:2", "edns0"]);
+        // Default + dnsConfig merges into the node's resolver.
+        let merged = dns_of(
+            serde_json::json!({"dnsPolicy": "Default", "dnsConfig": {
+                "nameservers": ["192.168.0.2", "10.0.0.53"], "options": [{"name": "timeout", "value": "3"}]}}),
+            &[],
+        );
+        assert_eq!(merged.servers, ["192.168.0.2", "192.168.0.3", "10.0.0.53"]);
+        assert_eq!(merged.options, ["rotate", "timeout:3"]);
     }
 }

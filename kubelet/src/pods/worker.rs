@@ -16,7 +16,7 @@ use super::backoff::{RestartBackoff, go_duration};
 use super::fieldpath::PodAddresses;
 use super::spec::{self, LABEL_CONTAINER_NAME, LABEL_POD_UID, PodIdentity};
 use super::status::{RuntimeView, StatusInputs, pod_status};
-use super::{PodContext, env, events, lifecycle, now, pull_secrets};
+use super::{PodContext, env, etc_hosts, events, lifecycle, now, pull_secrets, static_pods};
 use crate::probes::handler::Target;
 use crate::probes::{ContainerHealth, Kind, PodProbes, RunningContainer};
 use crate::volumes::{self, PodVolumes};
@@ -105,7 +105,13 @@ pub struct Worker {
     mount_error: Option<String>,
     /// Waiting reasons from failed steps (image pulls), reported in status.
     waiting: HashMap<String, (String, String)>,
+    /// The status last computed (transition times and last states build on it).
     last_status: Option<Value>,
+    /// The status last written, with the UID of the object it went to (the pod, or a
+    /// static pod's current mirror), so an unchanged status is not rewritten.
+    written: Option<(String, Value)>,
+    /// The last error keeping a static pod's mirror from the API.
+    mirror_error: Option<String>,
     start_time: String,
     probes: PodProbes,
     /// Containers this kubelet killed for failing liveness or startup: restarted at
@@ -129,6 +135,8 @@ impl Worker {
             mount_error: None,
             waiting: HashMap::new(),
             last_status: None,
+            written: None,
+            mirror_error: None,
             start_time: now(),
             probes,
             restart_now: HashSet::new(),
@@ -163,9 +171,18 @@ impl Worker {
             self.phase = Phase::Done;
             return Ok(());
         };
+        let is_static = static_pods::is_static(&pod);
         if pod.metadata.deletion_timestamp.is_some() {
             self.phase = Phase::Terminating;
             self.teardown(Some(&pod), grace_period(&pod)).await?;
+            if is_static {
+                // The file is gone: so goes the API's copy.
+                if let Err(e) = self.ctx.mirrors.delete_of(&pod).await {
+                    tracing::warn!(error = %format!("{e:#}"), "deleting the mirror pod of a removed static pod");
+                }
+                self.phase = Phase::Done;
+                return Ok(());
+            }
             let api: Api<Pod> = Api::namespaced(
                 self.ctx.client.clone(),
                 pod.metadata.namespace.as_deref().unwrap_or("default"),
@@ -188,6 +205,9 @@ impl Worker {
             }
             self.phase = Phase::Done;
             return Ok(());
+        }
+        if is_static {
+            self.sync_mirror(&pod).await;
         }
         if let Phase::MountingVolumes(retry) = self.phase {
             // Volumes come before the sandbox, as upstream: a pod whose volumes
@@ -246,6 +266,21 @@ impl Worker {
             self.probes.sync(&pod, &sandbox.pod_ip, &running);
         }
         self.report(&pod, &sandbox.pod_ip, &view).await
+    }
+
+    /// Keeps the static pod's mirror in the API; an API server that does not answer
+    /// is logged once per distinct error and never stops the pod from running.
+    async fn sync_mirror(&mut self, pod: &Pod) {
+        match self.ctx.mirrors.sync(pod).await {
+            Ok(()) => self.mirror_error = None,
+            Err(e) => {
+                let message = format!("{e:#}");
+                if self.mirror_error.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(pod = %PodIdentity::of(pod).name, error = %message, "mirror pod not synced");
+                    self.mirror_error = Some(message);
+                }
+            }
+        }
     }
 
     /// Sets up or refreshes the pod's volumes; reports a new failure as a
@@ -702,8 +737,17 @@ impl Worker {
             .as_ref()
             .and_then(|s| s.privileged)
             .unwrap_or(false);
-        let mounts = volumes::container_mounts(self.volumes.ready(), c, privileged, &env)
+        let mut mounts = volumes::container_mounts(self.volumes.ready(), c, privileged, &env)
             .map_err(config_error)?;
+        let hosts = etc_hosts::mount(
+            &self.ctx.root_dir,
+            pod,
+            c,
+            &sandbox.pod_ip,
+            &self.ctx.cluster_domain,
+        )
+        .map_err(|e| config_error(format!("failed to write the pod's hosts file: {e}")))?;
+        mounts.extend(hosts);
         let config = spec::container_config(pod, c, attempt, &env, mounts, &self.ctx.root_dir);
         let mut rt = self.ctx.cri.runtime_client();
         let id = rt
@@ -950,7 +994,25 @@ impl Worker {
             health: &health,
             terminal,
         });
-        if self.last_status.as_ref() == Some(&status) {
+        self.last_status = Some(status.clone());
+        // A static pod's status goes to its mirror, preconditioned on the mirror's
+        // UID (as upstream's status manager patches it); none yet, nothing to write.
+        let mut patch = json!({ "status": status });
+        let target = if static_pods::is_static(pod) {
+            let Some(mirror) = self.ctx.mirrors.of(pod) else {
+                return Ok(());
+            };
+            let uid = mirror.metadata.uid.unwrap_or_default();
+            patch["metadata"] = json!({ "uid": uid });
+            uid
+        } else {
+            pod.metadata.uid.clone().unwrap_or_default()
+        };
+        if self
+            .written
+            .as_ref()
+            .is_some_and(|(t, s)| *t == target && *s == status)
+        {
             return Ok(());
         }
         let api: Api<Pod> = Api::namespaced(
@@ -960,10 +1022,10 @@ impl Worker {
         api.patch_status(
             pod.metadata.name.as_deref().unwrap_or_default(),
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
+            &Patch::Merge(patch),
         )
         .await?;
-        self.last_status = Some(status);
+        self.written = Some((target, status));
         Ok(())
     }
 }
