@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod cloud;
 pub mod config;
+pub mod credentials;
 pub mod cri;
 pub mod node;
 pub mod pods;

@@ -71,6 +71,11 @@ async fn run(flags: Flags) -> Result<()> {
     if let Some(id) = &cloud {
         info!(instance = %id.instance_id, r#type = %id.instance_type, zone = %id.zone, "running on EC2");
     }
+    // Before anything starts: a bad provider config must stop the kubelet, as upstream's.
+    let credentials = std::sync::Arc::new(kubelet::credentials::Keyring::from_flags(
+        flags.image_credential_provider_config.as_deref(),
+        flags.image_credential_provider_bin_dir.as_deref(),
+    )?);
     let settings = Settings::resolve_with_cloud(flags, file, &hostname, cloud)?;
     info!(node = %settings.node_name, runtime = %settings.runtime_socket.display(), "starting kubelet");
     std::fs::create_dir_all(&settings.root_dir)
@@ -149,6 +154,7 @@ async fn run(flags: Flags) -> Result<()> {
             root_dir: settings.root_dir.clone(),
             uid: String::new(),
             view: pods,
+            credentials,
         };
         let node_name = settings.node_name.clone();
         tokio::spawn(async move { kubelet::pods::run(ctx, &node_name).await })

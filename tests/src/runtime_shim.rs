@@ -64,6 +64,16 @@ pub struct RuntimeShim {
 impl RuntimeShim {
     /// Starts runtime-shim on `dirs`, mirroring every test-image registry to `registry`.
     pub fn start(dirs: &ShimDirs, registry: &Registry) -> Result<Self> {
+        Self::start_with_mirrors(dirs, registry, &[])
+    }
+
+    /// [`start`](Self::start) with more `HOST=URL` mirrors, e.g. an ECR registry name
+    /// served by the local registry.
+    pub fn start_with_mirrors(
+        dirs: &ShimDirs,
+        registry: &Registry,
+        extra: &[String],
+    ) -> Result<Self> {
         let log = dirs.base.join(format!("{}.log", unique_name("shim")));
         let child = Command::new(bin_path("runtime-shim"))
             .arg("--listen")
@@ -83,6 +93,7 @@ impl RuntimeShim {
                 bin_path("vpc-cni").parent().unwrap().display()
             ))
             .args(registry.mirror_args())
+            .args(extra.iter().flat_map(|m| ["--registry-mirror", m.as_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

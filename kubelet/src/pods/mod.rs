@@ -42,6 +42,9 @@ pub struct PodContext {
     pub uid: String,
     /// Filled by [`run`] for readers such as the :10250 server.
     pub view: PodView,
+    /// The node's registry credentials (provider plugins, ECR), tried after the pod's
+    /// imagePullSecrets.
+    pub credentials: Arc<crate::credentials::Keyring>,
 }
 
 /// A read-only view of the pods bound to this node as the watch last saw them, keyed
