@@ -6,6 +6,7 @@ pub mod cloud;
 pub mod config;
 pub mod credentials;
 pub mod cri;
+pub mod install;
 pub mod node;
 pub mod pods;
 pub mod probes;

@@ -18,6 +18,15 @@ use kubelet::pods::PodView;
 use kubelet::server::Server;
 
 fn main() {
+    // `kubelet install ...` writes a node's configuration and exits; everything else is
+    // upstream's flag set.
+    if std::env::args().nth(1).as_deref() == Some("install") {
+        if let Err(e) = kubelet::install::main(std::env::args().skip(2)) {
+            eprintln!("kubelet install: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let (args, unsupported) = kubelet::config::flags::strip_unsupported(std::env::args());
     let flags = Flags::parse_from(args);
     init_logging(flags.verbosity);

@@ -34,6 +34,17 @@ impl ShimDirs {
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.base.join("net.d")
     }
+
+    /// A loopback-only CNI config: for tests with only hostNetwork pods, since the
+    /// node is Ready only once the runtime reports a network config.
+    pub fn write_loopback_network(&self) -> Result<()> {
+        std::fs::create_dir_all(self.cni_conf_dir())?;
+        std::fs::write(
+            self.cni_conf_dir().join("10-lo.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}"#,
+        )?;
+        Ok(())
+    }
 }
 
 impl Drop for ShimDirs {

@@ -36,16 +36,6 @@ impl Drop for Scratch {
     }
 }
 
-/// Only hostNetwork pods here, but the node is Ready only with a network config.
-fn loopback_network(dirs: &ShimDirs) {
-    std::fs::create_dir_all(dirs.cni_conf_dir()).unwrap();
-    std::fs::write(
-        dirs.cni_conf_dir().join("10-lo.conflist"),
-        r#"{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}"#,
-    )
-    .unwrap();
-}
-
 /// Creates pod `p` running `image` with no imagePullSecrets and waits until it runs;
 /// a failed pull fails at once with the runtime's message.
 fn run_pod(cp: &ControlPlane, kubelet: &mut Kubelet, ns: &str, node: &str, image: &str) {
@@ -117,7 +107,7 @@ providers:
     .unwrap();
 
     let dirs = ShimDirs::new().unwrap();
-    loopback_network(&dirs);
+    dirs.write_loopback_network().unwrap();
     let _shim = RuntimeShim::start(&dirs, &reg).unwrap();
     let node = KubeletNode::new(cp, "kl-cred").unwrap();
     let args = [
@@ -218,7 +208,7 @@ fn ecr_images_pull_with_the_instance_role() {
     let mirror = format!("{ecr_host}={}/registry.k8s.io", reg.url());
 
     let dirs = ShimDirs::new().unwrap();
-    loopback_network(&dirs);
+    dirs.write_loopback_network().unwrap();
     let _shim = RuntimeShim::start_with_mirrors(&dirs, &reg, &[mirror]).unwrap();
     let node = KubeletNode::new(cp, "kl-ecr").unwrap();
     let launch = Launch {
