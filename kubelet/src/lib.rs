@@ -4,7 +4,9 @@
 pub mod bootstrap;
 pub mod cloud;
 pub mod config;
+pub mod credentials;
 pub mod cri;
+pub mod install;
 pub mod node;
 pub mod pods;
 pub mod probes;

@@ -18,6 +18,15 @@ use kubelet::pods::PodView;
 use kubelet::server::Server;
 
 fn main() {
+    // `kubelet install ...` writes a node's configuration and exits; everything else is
+    // upstream's flag set.
+    if std::env::args().nth(1).as_deref() == Some("install") {
+        if let Err(e) = kubelet::install::main(std::env::args().skip(2)) {
+            eprintln!("kubelet install: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let (args, unsupported) = kubelet::config::flags::strip_unsupported(std::env::args());
     let flags = Flags::parse_from(args);
     init_logging(flags.verbosity);
@@ -71,6 +80,11 @@ async fn run(flags: Flags) -> Result<()> {
     if let Some(id) = &cloud {
         info!(instance = %id.instance_id, r#type = %id.instance_type, zone = %id.zone, "running on EC2");
     }
+    // Before anything starts: a bad provider config must stop the kubelet, as upstream's.
+    let credentials = std::sync::Arc::new(kubelet::credentials::Keyring::from_flags(
+        flags.image_credential_provider_config.as_deref(),
+        flags.image_credential_provider_bin_dir.as_deref(),
+    )?);
     let settings = Settings::resolve_with_cloud(flags, file, &hostname, cloud)?;
     info!(node = %settings.node_name, runtime = %settings.runtime_socket.display(), "starting kubelet");
     std::fs::create_dir_all(&settings.root_dir)
@@ -127,6 +141,7 @@ async fn run(flags: Flags) -> Result<()> {
             uid: String::new(),
             view: pods,
             mirrors: kubelet::pods::mirror::Mirrors::new(client.clone(), &settings.node_name),
+            credentials,
         };
         let node_name = settings.node_name.clone();
         let static_pods =

@@ -52,6 +52,17 @@ impl ShimDirs {
             ..Default::default()
         }
     }
+
+    /// A loopback-only CNI config: for tests with only hostNetwork pods, since the
+    /// node is Ready only once the runtime reports a network config.
+    pub fn write_loopback_network(&self) -> Result<()> {
+        std::fs::create_dir_all(self.cni_conf_dir())?;
+        std::fs::write(
+            self.cni_conf_dir().join("10-lo.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}"#,
+        )?;
+        Ok(())
+    }
 }
 
 impl Drop for ShimDirs {
@@ -82,6 +93,16 @@ pub struct RuntimeShim {
 impl RuntimeShim {
     /// Starts runtime-shim on `dirs`, mirroring every test-image registry to `registry`.
     pub fn start(dirs: &ShimDirs, registry: &Registry) -> Result<Self> {
+        Self::start_with_mirrors(dirs, registry, &[])
+    }
+
+    /// [`start`](Self::start) with more `HOST=URL` mirrors, e.g. an ECR registry name
+    /// served by the local registry.
+    pub fn start_with_mirrors(
+        dirs: &ShimDirs,
+        registry: &Registry,
+        extra: &[String],
+    ) -> Result<Self> {
         let log = dirs.base.join(format!("{}.log", unique_name("shim")));
         let child = Command::new(bin_path("runtime-shim"))
             .arg("--listen")
@@ -101,6 +122,7 @@ impl RuntimeShim {
                 bin_path("vpc-cni").parent().unwrap().display()
             ))
             .args(registry.mirror_args())
+            .args(extra.iter().flat_map(|m| ["--registry-mirror", m.as_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -86,10 +86,8 @@ impl CloudIdentity {
     /// and table as `ipamd max-pods` (secondary IPs, no prefix delegation, no custom
     /// networking, as EKS's bootstrap computes it by default).
     pub fn max_pods(&self) -> Result<i64> {
-        let pods = ec2_limits::max_pods(
-            &self.instance_type,
-            ec2_limits::MaxPodsOptions::default(),
-        )?;
+        let pods =
+            ec2_limits::max_pods(&self.instance_type, ec2_limits::MaxPodsOptions::default())?;
         Ok(i64::from(pods))
     }
 }

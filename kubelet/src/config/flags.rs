@@ -29,6 +29,15 @@ pub struct Flags {
     #[arg(long)]
     pub cloud_provider: Option<String>,
 
+    /// A CredentialProviderConfig file: which exec plugins supply registry credentials
+    /// for which images.
+    #[arg(long)]
+    pub image_credential_provider_config: Option<PathBuf>,
+
+    /// The directory holding the plugin binaries the credential provider config names.
+    #[arg(long)]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
+
     /// Path to a KubeletConfiguration (kubelet.config.k8s.io/v1beta1) file.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -192,8 +201,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "healthz-bind-address",
     "healthz-port",
     "http-check-frequency",
-    "image-credential-provider-bin-dir",
-    "image-credential-provider-config",
     "image-gc-high-threshold",
     "image-gc-low-threshold",
     "image-pull-progress-deadline",

@@ -47,6 +47,9 @@ pub struct PodContext {
     pub view: PodView,
     /// The API's mirror pods of this node's static pods.
     pub mirrors: mirror::Mirrors,
+    /// The node's registry credentials (provider plugins, ECR), tried after the pod's
+    /// imagePullSecrets.
+    pub credentials: Arc<crate::credentials::Keyring>,
 }
 
 /// A read-only view of the pods bound to this node as the watch last saw them, keyed

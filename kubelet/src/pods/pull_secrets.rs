@@ -106,8 +106,9 @@ fn normalise(registry: &str) -> String {
     }
 }
 
-/// `host/repository` of an image reference (`busybox` is `docker.io/library/busybox`).
-fn image_location(image: &str) -> String {
+/// `host/repository` of an image reference (`busybox` is `docker.io/library/busybox`):
+/// what upstream's keyring, and so every credential provider, is asked about.
+pub fn image_location(image: &str) -> String {
     let name = image.split('@').next().unwrap_or(image);
     // A tag is after the last colon that comes after the last slash.
     let name = match (name.rfind(':'), name.rfind('/')) {

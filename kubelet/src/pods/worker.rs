@@ -818,11 +818,18 @@ impl Worker {
     }
 
     /// Pulls `image` with each credential of the pod's pull secrets that matches it, most
-    /// specific first, then anonymously, until one works (upstream's keyring order).
+    /// specific first, then the node's (credential providers), then anonymously, until
+    /// one works (upstream's keyring order: pull secrets, then the default keyring).
     async fn pull(&self, pod: &Pod, image: &str) -> Result<(), String> {
         let creds = pull_secrets::credentials(&self.ctx.client, pod).await;
+        let node_creds = self
+            .ctx
+            .credentials
+            .lookup(&pull_secrets::image_location(image))
+            .await;
         let mut auths: Vec<Option<cri::AuthConfig>> = pull_secrets::for_image(&creds, image)
             .into_iter()
+            .chain(node_creds)
             .map(Some)
             .collect();
         auths.push(None);
