@@ -9,8 +9,6 @@ start=$SECONDS
 "$REPO_ROOT/hack/install-deps.sh"
 "$REPO_ROOT/hack/build-kubernetes.sh"
 "$REPO_ROOT/hack/images.sh"
-# critest (tests/tests/critest.rs) and the Go toolchain it is built with.
-"$REPO_ROOT/hack/critest.sh" install >/dev/null
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
