@@ -31,12 +31,12 @@ log "[2/5] building our binaries"
 (cd "$REPO_ROOT" && cargo build --bins --locked -q)
 
 log "[3/5] control plane, registry and ${NODES} node(s), each node a network namespace running kubelet + runtime-shim + CNI + kube-proxy"
-[ "$MODE" = podcidr ] || warn "--mode eni: nodes are not emulated EC2 instances yet; pods get IPs from each node's pod CIDR"
+[ "$MODE" = podcidr ] || log "eni mode: each node is an instance of the EC2 emulator; pods get secondary IPs of its ENIs from ipamd"
 CLUSTER="$LOCAL_DIR/cluster"
 if [ -f "$CLUSTER/ready" ] && kill -0 "$(cat "$CLUSTER.runner-pid" 2>/dev/null)" 2>/dev/null; then
     log "cluster already running"
 else
-    "$REPO_ROOT/hack/cluster.sh" start --dir "$CLUSTER" --nodes "$NODES"
+    "$REPO_ROOT/hack/cluster.sh" start --dir "$CLUSTER" --nodes "$NODES" --mode "$MODE"
 fi
 KUBECONFIG_PATH="$(grep '^KUBECONFIG=' "$CLUSTER/env" | cut -d= -f2-)"
 

@@ -108,6 +108,13 @@ fn podcidr_mode_two_nodes_run_connect_survive_drain_and_clean_up() {
     scenario("podcidr");
 }
 
+/// The same on emulated EC2 instances: pod IPs are secondary IPs of the nodes' ENIs
+/// (checked against EC2), and the VPC delivers only to the ENI that holds an address.
+#[test]
+fn eni_mode_two_nodes_run_connect_survive_drain_and_clean_up() {
+    scenario("eni");
+}
+
 /// Every pod's IP is its node's: in its pod CIDR (podcidr mode), or held by one of its
 /// instance's ENIs according to EC2 (eni mode).
 fn check_pod_ips(c: &Cluster, running: &[Value]) {
