@@ -134,6 +134,16 @@ pub struct SdkEc2 {
     limiter: RateLimiter,
 }
 
+/// HTTPS on rustls with ring, the crypto the rest of the tree uses (the SDK's default
+/// client is built on aws-lc, a large C build).
+fn https_client() -> aws_sdk_ec2::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
 /// aws-node's default budget is of the same order: a few calls a second per node.
 const CALLS_PER_SECOND: f64 = 5.0;
 const BURST: u32 = 10;
@@ -152,13 +162,7 @@ impl SdkEc2 {
                     .build(),
             )
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            );
+            .http_client(https_client());
         if let Some(url) = endpoint {
             loader = loader.endpoint_url(url);
         }
@@ -167,8 +171,13 @@ impl SdkEc2 {
 
     /// A client from a loaded SDK configuration (tests pass static credentials).
     pub fn from_config(config: &aws_config::SdkConfig) -> SdkEc2 {
+        // A config loaded elsewhere (tests) may lack a client: the SDK has no default one
+        // without its aws-lc feature.
+        let conf = aws_sdk_ec2::config::Builder::from(config)
+            .http_client(https_client())
+            .build();
         SdkEc2 {
-            client: Client::new(config),
+            client: Client::from_conf(conf),
             limiter: RateLimiter::new(CALLS_PER_SECOND, BURST),
         }
     }
