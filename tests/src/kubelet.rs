@@ -101,6 +101,10 @@ pub struct Launch {
 
 impl Drop for KubeletNode {
     fn drop(&mut self) {
+        // Volumes of pods a test did not delete (or the kubelet had no time to tear
+        // down) stay mounted under the root dir; a mount would keep the dir, and itself,
+        // on the machine.
+        drop(MountSweep(self.base.clone()));
         let _ = std::fs::remove_dir_all(&self.base);
     }
 }
