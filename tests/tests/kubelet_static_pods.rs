@@ -187,6 +187,7 @@ fn static_pods_run_without_an_api_server() {
     assert_ne!(offline, kubeconfig, "the kubeconfig names {}", cp.server());
     let dir = std::env::temp_dir().join(format!("nodert-{name}.kubeconfig"));
     std::fs::write(&dir, offline).unwrap();
+    let _kubeconfig = RemovedOnDrop(dir.clone());
     let node = KubeletNode::named(&name, dir.clone(), STATIC_POD_CONFIG).unwrap();
     let statics = StaticPodDir::new(&node, containerd());
     statics.write("web.json", &manifest("default", "offline"));
@@ -324,5 +325,14 @@ fn pods_get_a_kubelet_managed_etc_hosts() {
             log.lines().any(|l| l == want),
             "missing {want:?} in:\n{log}"
         );
+    }
+}
+
+/// A file of the test's, removed when the test ends, passed or not.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
