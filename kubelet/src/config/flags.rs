@@ -159,6 +159,14 @@ pub struct Flags {
     #[arg(long)]
     pub file_check_frequency: Option<String>,
 
+    /// DNS server IPs for ClusterFirst pods, comma-separated (overrides clusterDNS).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns: Vec<String>,
+
+    /// The cluster's DNS domain, e.g. cluster.local (overrides clusterDomain).
+    #[arg(long)]
+    pub cluster_domain: Option<String>,
+
     /// Log verbosity (klog levels: 0-3 info, 4-5 debug, 6+ trace).
     #[arg(long = "v", short = 'v', default_value_t = 0)]
     pub verbosity: u8,
@@ -173,8 +181,6 @@ const UNSUPPORTED_VALUE_FLAGS: &[&str] = &[
     "cgroup-root",
     "chaos-chance",
     "cloud-config",
-    "cluster-dns",
-    "cluster-domain",
     "cni-bin-dir",
     "cni-cache-dir",
     "cni-conf-dir",

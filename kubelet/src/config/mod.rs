@@ -285,10 +285,16 @@ impl Settings {
             node_status_update_frequency,
             node_status_report_frequency,
             node_lease_duration_seconds,
-            cluster_dns: file.cluster_dns.clone().unwrap_or_default(),
-            cluster_domain: file
+            // Flags win over the file, as upstream's.
+            cluster_dns: if flags.cluster_dns.is_empty() {
+                file.cluster_dns.clone().unwrap_or_default()
+            } else {
+                flags.cluster_dns.clone()
+            },
+            cluster_domain: flags
                 .cluster_domain
                 .clone()
+                .or_else(|| file.cluster_domain.clone())
                 .unwrap_or_else(|| "cluster.local".into()),
             static_pod_path,
             file_check_frequency,
@@ -459,6 +465,30 @@ mod tests {
         assert_eq!(s.root_dir, PathBuf::from("/var/lib/kubelet"));
         assert_eq!(s.static_pod_path, None);
         assert_eq!(s.file_check_frequency, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn cluster_dns_flags_override_the_file() {
+        let file = || -> KubeletConfigFile {
+            serde_yaml::from_str(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                 clusterDNS: [10.96.0.10]\nclusterDomain: corp.local\n",
+            )
+            .unwrap()
+        };
+        let s = Settings::resolve(flags(&["--kubeconfig", "/k"]), Some(file()), "h").unwrap();
+        assert_eq!(s.cluster_dns, vec!["10.96.0.10"]);
+        assert_eq!(s.cluster_domain, "corp.local");
+        let args = [
+            "--kubeconfig",
+            "/k",
+            "--cluster-dns=10.0.0.10,10.0.0.11",
+            "--cluster-domain",
+            "k8s.test",
+        ];
+        let s = Settings::resolve(flags(&args), Some(file()), "h").unwrap();
+        assert_eq!(s.cluster_dns, vec!["10.0.0.10", "10.0.0.11"]);
+        assert_eq!(s.cluster_domain, "k8s.test");
     }
 
     #[test]
