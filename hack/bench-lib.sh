@@ -3,6 +3,43 @@
 # WEB_PODS, IMAGE and WEB_IMAGE; they measure through the API server, so both stacks
 # pay the same client overhead.
 
+# bench_prepare: everything a node benchmark needs installed, and release binaries of
+# ours in NODERT_BIN_DIR.
+bench_prepare() {
+    "$REPO_ROOT/hack/install-deps.sh"
+    "$REPO_ROOT/hack/build-kubernetes.sh"
+    "$REPO_ROOT/hack/images.sh"
+    log "building release binaries"
+    (cd "$REPO_ROOT" && cargo build --release --locked -q --bins)
+    export NODERT_BIN_DIR="$CARGO_TARGET_DIR/release"
+}
+
+# bench_cluster PREFIX: a scratch WORK dir with a control plane and a registry started in
+# it (KC and REG set). Components the caller starts go into BENCH_STOP as
+# "SCRIPT DIR" entries; on exit they are stopped in reverse order, then the control
+# plane and registry, and WORK is removed.
+bench_cluster() {
+    WORK="$(mktemp -d "/tmp/$1.XXXXXX")"
+    BENCH_STOP=()
+    trap bench_cleanup EXIT
+    mkdir -p "$WORK"/{cp,registry}
+    "$REPO_ROOT/hack/control-plane.sh" start --dir "$WORK/cp"
+    "$REPO_ROOT/hack/registry.sh" start --dir "$WORK/registry"
+    REG="$(grep '^REGISTRY=' "$WORK/registry/env" | cut -d= -f2)"
+    KC=("$KUBE_BIN_DIR/kubectl" --kubeconfig "$WORK/cp/admin.kubeconfig")
+}
+
+bench_cleanup() {
+    local i entry
+    for ((i = ${#BENCH_STOP[@]} - 1; i >= 0; i--)); do
+        entry=(${BENCH_STOP[$i]})
+        "$REPO_ROOT/hack/${entry[0]}" stop --dir "${entry[1]}" >/dev/null 2>&1 || true
+    done
+    "$REPO_ROOT/hack/registry.sh" stop --dir "$WORK/registry" >/dev/null 2>&1 || true
+    "$REPO_ROOT/hack/control-plane.sh" stop --dir "$WORK/cp" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+
 # pod_manifest NAME NODE [PHASE]: a busybox pod sleeping on NODE, labelled bench=NODE and
 # phase=PHASE (so one phase's pods can be listed and deleted together).
 pod_manifest() {

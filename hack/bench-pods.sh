@@ -20,27 +20,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-"$REPO_ROOT/hack/install-deps.sh"
-"$REPO_ROOT/hack/build-kubernetes.sh"
-"$REPO_ROOT/hack/images.sh"
-log "building release binaries"
-(cd "$REPO_ROOT" && cargo build --release --locked -q --bins)
-export NODERT_BIN_DIR="$CARGO_TARGET_DIR/release"
-
-WORK="$(mktemp -d /tmp/nodert-bench-pods.XXXXXX)"
-cleanup() {
-    "$REPO_ROOT/hack/node.sh" stop --dir "$WORK/ours" >/dev/null 2>&1 || true
-    "$REPO_ROOT/hack/reference-node.sh" stop --dir "$WORK/ours-containerd" >/dev/null 2>&1 || true
-    "$REPO_ROOT/hack/reference-node.sh" stop --dir "$WORK/upstream" >/dev/null 2>&1 || true
-    "$REPO_ROOT/hack/registry.sh" stop --dir "$WORK/registry" >/dev/null 2>&1 || true
-    "$REPO_ROOT/hack/control-plane.sh" stop --dir "$WORK/cp" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-mkdir -p "$WORK"/{cp,registry,ours,ours-containerd,upstream}
-"$REPO_ROOT/hack/control-plane.sh" start --dir "$WORK/cp"
-"$REPO_ROOT/hack/registry.sh" start --dir "$WORK/registry"
-REG="$(grep '^REGISTRY=' "$WORK/registry/env" | cut -d= -f2)"
+. "$REPO_ROOT/hack/bench-lib.sh"
+bench_prepare
+bench_cluster nodert-bench-pods
+mkdir -p "$WORK"/{ours,ours-containerd,upstream}
+BENCH_STOP=("reference-node.sh $WORK/ours-containerd" "node.sh $WORK/ours"
+    "reference-node.sh $WORK/upstream")
 "$REPO_ROOT/hack/reference-node.sh" start --dir "$WORK/ours-containerd" --containerd-only \
     --node bench-ours-rt --registry "$REG" --pod-cidr 10.247.1.0/24
 "$REPO_ROOT/hack/node.sh" start --dir "$WORK/ours" --control-plane "$WORK/cp" \
@@ -48,11 +33,8 @@ REG="$(grep '^REGISTRY=' "$WORK/registry/env" | cut -d= -f2)"
     --cri-socket "$(grep '^CONTAINERD_SOCK=' "$WORK/ours-containerd/env" | cut -d= -f2)"
 "$REPO_ROOT/hack/reference-node.sh" start --dir "$WORK/upstream" --control-plane "$WORK/cp" \
     --node bench-kubelet-upstream --registry "$REG" --pod-cidr 10.247.2.0/24
-KC=("$KUBE_BIN_DIR/kubectl" --kubeconfig "$WORK/cp/admin.kubeconfig")
 IMAGE=registry.k8s.io/e2e-test-images/busybox:1.29-2
 WEB_IMAGE=registry.k8s.io/e2e-test-images/nginx:1.14-2
-
-. "$REPO_ROOT/hack/bench-lib.sh"
 
 # measure NODE WHO: $WORK/WHO.{seq,conc} and WHO_pss (the kubelet's, with $PODS pods).
 measure() {

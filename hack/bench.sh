@@ -27,35 +27,17 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-"$REPO_ROOT/hack/install-deps.sh"
-"$REPO_ROOT/hack/build-kubernetes.sh"
-"$REPO_ROOT/hack/images.sh"
-log "building release binaries"
-(cd "$REPO_ROOT" && cargo build --release --locked -q --bins)
-export NODERT_BIN_DIR="$CARGO_TARGET_DIR/release"
-
-WORK="$(mktemp -d /tmp/nodert-bench.XXXXXX)"
-cleanup() {
-    "$REPO_ROOT/hack/node.sh" stop --dir "$WORK/ours" >/dev/null 2>&1 || true
-    "$REPO_ROOT/hack/reference-node.sh" stop --dir "$WORK/upstream" >/dev/null 2>&1 || true
-    "$REPO_ROOT/hack/registry.sh" stop --dir "$WORK/registry" >/dev/null 2>&1 || true
-    "$REPO_ROOT/hack/control-plane.sh" stop --dir "$WORK/cp" >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-mkdir -p "$WORK"/{cp,registry,ours,upstream}
-"$REPO_ROOT/hack/control-plane.sh" start --dir "$WORK/cp"
-"$REPO_ROOT/hack/registry.sh" start --dir "$WORK/registry"
-REG="$(grep '^REGISTRY=' "$WORK/registry/env" | cut -d= -f2)"
+. "$REPO_ROOT/hack/bench-lib.sh"
+bench_prepare
+bench_cluster nodert-bench
+mkdir -p "$WORK"/{ours,upstream}
+BENCH_STOP=("node.sh $WORK/ours" "reference-node.sh $WORK/upstream")
 "$REPO_ROOT/hack/node.sh" start --dir "$WORK/ours" --control-plane "$WORK/cp" \
     --registry "$WORK/registry" --node bench-ours --pod-cidr 10.246.1.0/24
 "$REPO_ROOT/hack/reference-node.sh" start --dir "$WORK/upstream" --control-plane "$WORK/cp" \
     --node bench-upstream --registry "$REG" --pod-cidr 10.246.2.0/24
-KC=("$KUBE_BIN_DIR/kubectl" --kubeconfig "$WORK/cp/admin.kubeconfig")
 IMAGE=registry.k8s.io/e2e-test-images/busybox:1.29-2
 WEB_IMAGE=registry.k8s.io/e2e-test-images/nginx:1.14-2
-
-. "$REPO_ROOT/hack/bench-lib.sh"
 
 # measure NODE WHO: every figure for one node: $WORK/WHO.{seq,conc,conn}, WHO_pss, WHO_nproc.
 measure() {
