@@ -28,7 +28,20 @@ BIN="$CARGO_TARGET_DIR/release"
 WORK="$(mktemp -d /tmp/nodert-bench.XXXXXX)"
 SHIM_PID=""
 cleanup() {
-    if [ -n "$SHIM_PID" ]; then reap_children "$SHIM_PID"; fi
+    # Pods a failed run left behind are removed through CRI first: killing a runtime leaves
+    # its containers, mounts and namespaces running (by design: they outlive the daemon).
+    if [ -n "$SHIM_PID" ]; then
+        if kill -0 "$SHIM_PID" 2>/dev/null; then
+            "$BIN/cri-bench" --socket "$WORK/shim/cri.sock" --remove-all || warn "could not remove runtime-shim's pods"
+        else
+            warn "runtime-shim exited during the run; the end of its log:"
+            tail -n 20 "$WORK/shim.log" >&2 || true
+        fi
+        reap_children "$SHIM_PID"
+    fi
+    if [ -S "$WORK/containerd/containerd.sock" ]; then
+        "$BIN/cri-bench" --socket "$WORK/containerd/containerd.sock" --remove-all || warn "could not remove containerd's pods"
+    fi
     "$REPO_ROOT/hack/reference-node.sh" stop --dir "$WORK/containerd" >/dev/null 2>&1 || true
     "$REPO_ROOT/hack/registry.sh" stop --dir "$WORK/registry" >/dev/null 2>&1 || true
     rm -rf "$WORK"

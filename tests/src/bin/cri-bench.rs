@@ -5,10 +5,12 @@
 //!
 //!   cri-bench --socket PATH --image IMAGE [--count N] [--log-dir DIR]
 //!   cri-bench --socket PATH --image IMAGE --hold N --ready-file F [--log-dir DIR]
+//!   cri-bench --socket PATH --remove-all
 //!
 //! `--hold` instead starts N pods (sandbox + one `sleep` container each), creates F once
 //! all run, waits until F is removed (the caller measures memory meanwhile), then stops
-//! and removes them.
+//! and removes them. `--remove-all` stops and removes every sandbox the runtime has: the
+//! benchmark's teardown, so that pods a failed run left behind do not outlive it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,6 +28,10 @@ fn arg(name: &str) -> Option<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let socket = arg("--socket").ok_or_else(|| anyhow::anyhow!("--socket PATH is required"))?;
+    if std::env::args().any(|a| a == "--remove-all") {
+        let channel = connect(std::path::Path::new(&socket)).await?;
+        return remove_all(&mut runtime_service_client::RuntimeServiceClient::new(channel)).await;
+    }
     let image = arg("--image").ok_or_else(|| anyhow::anyhow!("--image IMAGE is required"))?;
     let count: usize = arg("--count").map(|c| c.parse()).transpose()?.unwrap_or(20);
     let log_dir = arg("--log-dir").unwrap_or_else(|| "/tmp/cri-bench-logs".into());
@@ -160,6 +166,29 @@ fn container_config(image: &str) -> ContainerConfig {
 
 type Runtime = runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
 
+async fn remove_all(rt: &mut Runtime) -> anyhow::Result<()> {
+    let sandboxes = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await?
+        .into_inner()
+        .items;
+    for sandbox in sandboxes {
+        remove_sandbox(rt, sandbox.id).await?;
+    }
+    Ok(())
+}
+
+/// Stopping a sandbox stops its containers; removing it removes them.
+async fn remove_sandbox(rt: &mut Runtime, id: String) -> anyhow::Result<()> {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await?;
+    Ok(())
+}
+
 /// `n` running pods until `ready` is removed; then none.
 async fn hold(
     rt: &mut Runtime,
@@ -199,13 +228,7 @@ async fn hold(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for id in sandboxes {
-        // Stopping the sandbox stops its containers; removing it removes them.
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await?;
-        rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await?;
+        remove_sandbox(rt, id).await?;
     }
     Ok(())
 }
