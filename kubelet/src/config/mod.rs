@@ -33,6 +33,9 @@ pub struct Settings {
     pub bootstrap_kubeconfig: Option<PathBuf>,
     /// rotateCertificates: renew the client certificate in `cert_dir` before it expires.
     pub rotate_certificates: bool,
+    /// serverTLSBootstrap / --rotate-server-certificates: serve a certificate the
+    /// cluster issues (kubernetes.io/kubelet-serving), renewed before it expires.
+    pub server_tls_bootstrap: bool,
     pub node_name: String,
     /// `--hostname-override` or the machine's hostname, lowercased: the
     /// `kubernetes.io/hostname` label and the Hostname address. It differs from
@@ -263,6 +266,11 @@ impl Settings {
             rotate_certificates: flags
                 .rotate_certificates
                 .or(file.rotate_certificates)
+                .unwrap_or(false),
+            // Off by default upstream too: the CSRs wait for an approver.
+            server_tls_bootstrap: flags
+                .rotate_server_certificates
+                .or(file.server_tls_bootstrap)
                 .unwrap_or(false),
             node_name,
             hostname,
