@@ -473,6 +473,35 @@ mod tests {
         assert_eq!(s.root_dir, PathBuf::from("/var/lib/kubelet"));
         assert_eq!(s.static_pod_path, None);
         assert_eq!(s.file_check_frequency, Duration::from_secs(20));
+        assert!(!s.server_tls_bootstrap);
+    }
+
+    #[test]
+    fn server_tls_bootstrap_comes_from_the_file_or_the_flag() {
+        let file = |on: bool| {
+            KubeletConfigFile::parse(&format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                 serverTLSBootstrap: {on}\n"
+            ))
+            .unwrap()
+        };
+        let resolve = |args: &[&str], f: Option<KubeletConfigFile>| {
+            let mut all = vec!["--kubeconfig", "/k"];
+            all.extend_from_slice(args);
+            Settings::resolve(flags(&all), f, "h")
+                .unwrap()
+                .server_tls_bootstrap
+        };
+        assert!(resolve(&[], Some(file(true))));
+        assert!(resolve(&["--rotate-server-certificates"], None));
+        assert!(!resolve(
+            &["--rotate-server-certificates=false"],
+            Some(file(true))
+        ));
+        assert!(resolve(
+            &["--rotate-server-certificates=true"],
+            Some(file(false))
+        ));
     }
 
     #[test]
