@@ -109,12 +109,24 @@ async fn run(flags: Flags) -> Result<()> {
     // Bound before registering, so a taken port or a bad certificate stops the start
     // instead of leaving a node that cannot serve logs or exec.
     let pods = PodView::default();
-    let server_task = if settings.server.enabled {
+    let (server_task, serving) = if settings.server.enabled {
         let server = Server::bind(&settings, client.clone(), cri.clone(), pods.clone()).await?;
-        Some(tokio::spawn(server.run()))
+        // A stored issued certificate is served from the first connection on, even
+        // while the API server is unreachable.
+        let serving = server.serving_cert();
+        let stored = settings
+            .server_tls_bootstrap
+            .then(|| kubelet::bootstrap::serving::load_current(&settings.cert_dir, &serving))
+            .and_then(|loaded| {
+                loaded.unwrap_or_else(|e| {
+                    tracing::warn!("{e:#}; requesting a new serving certificate");
+                    None
+                })
+            });
+        (Some(tokio::spawn(server.run())), Some((serving, stored)))
     } else {
         info!("enableServer is false: not serving the kubelet API");
-        None
+        (None, None)
     };
 
     // Pods start before the node registers: static pods must run while the API
@@ -179,6 +191,8 @@ async fn run(flags: Flags) -> Result<()> {
         settings.node_lease_duration_seconds,
     );
     let lease_task = tokio::spawn(lease.run());
+    let serving_task = serving
+        .and_then(|(serving, stored)| serving_task(&settings, &client, &reporter, serving, stored));
     let status_task = tokio::spawn(reporter.run());
     let mut rotation = rotation_task(&settings, &client);
     let rotated = loop {
@@ -201,7 +215,7 @@ async fn run(flags: Flags) -> Result<()> {
     // Containers keep running: a restarted kubelet adopts them.
     pods_task.abort();
     status_task.abort();
-    if let Some(task) = server_task {
+    for task in [server_task, serving_task].into_iter().flatten() {
         task.abort();
     }
     if rotated {
@@ -209,6 +223,32 @@ async fn run(flags: Flags) -> Result<()> {
         return Err(reexec());
     }
     Ok(())
+}
+
+/// serverTLSBootstrap: the renewal (or first request) of the serving certificate,
+/// starting from the `stored` one being served.
+fn serving_task(
+    settings: &Settings,
+    client: &kube::Client,
+    reporter: &StatusReporter,
+    serving: std::sync::Arc<kubelet::server::ServingCert>,
+    stored: Option<rustls::pki_types::CertificateDer<'static>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use kubelet::bootstrap::serving;
+    if !settings.server_tls_bootstrap {
+        return None;
+    }
+    let (client, cert_dir, node) = (
+        client.clone(),
+        settings.cert_dir.clone(),
+        settings.node_name.clone(),
+    );
+    let addresses = reporter.observed_addresses();
+    Some(tokio::spawn(async move {
+        if let Err(e) = serving::run(client, &cert_dir, &node, addresses, serving, stored).await {
+            tracing::error!("serving certificate rotation stopped: {e:#}");
+        }
+    }))
 }
 
 /// The rotation of the bootstrapped client certificate, when rotateCertificates is on.

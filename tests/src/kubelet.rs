@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use k8s_cri::v1 as cri;
 use serde_json::{Value, json};
 
-use crate::control_plane::ControlPlane;
+use crate::control_plane::{ControlPlane, kubectl_as};
 use crate::fixture::{bin_path, terminate, try_eventually, unique_name};
 
 /// A node's identity and directories; outlives one kubelet process so restarts can be
@@ -422,33 +422,44 @@ fn namespace_events(cp: &ControlPlane, ns: &str, field_selector: &str) -> Result
     Ok(list["items"].as_array().cloned().unwrap_or_default())
 }
 
-/// A namespace of its own per test; deleting it (with our kubelet still running)
-/// takes the pods, ConfigMaps, Secrets and Services with it.
+/// A namespace of its own per test, in any control plane; deleting it (with our
+/// kubelet still running, so declare it after the kubelet) takes the pods,
+/// ConfigMaps, Secrets and Services with it.
 pub struct Namespace {
     pub name: String,
+    /// The control plane's admin kubeconfig: the namespace may outlive the borrow.
+    kubeconfig: PathBuf,
 }
 
 impl Namespace {
     pub fn create(cp: &ControlPlane, tag: &str) -> Namespace {
         let name = unique_name(tag);
         cp.kubectl(&["create", "namespace", &name]).unwrap();
-        Namespace { name }
+        Namespace {
+            name,
+            kubeconfig: cp.kubeconfig(),
+        }
     }
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        let cp = ControlPlane::shared();
-        let _ = cp.kubectl(&[
-            "delete",
-            "pods",
-            "--all",
-            "-n",
-            &self.name,
-            "--grace-period=1",
-            "--timeout=60s",
-        ]);
-        let _ = cp.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+        let _ = kubectl_as(
+            &self.kubeconfig,
+            &[
+                "delete",
+                "pods",
+                "--all",
+                "-n",
+                &self.name,
+                "--grace-period=1",
+                "--timeout=60s",
+            ],
+        );
+        let _ = kubectl_as(
+            &self.kubeconfig,
+            &["delete", "namespace", &self.name, "--wait=false"],
+        );
     }
 }
 

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod ec2;
 pub mod fixture;
+pub mod kubectl;
 pub mod kubelet;
 pub mod reference_node;
 pub mod registry;

@@ -37,12 +37,7 @@ fn pull_secrets_reach_the_registry_and_events_tell_the_story() {
     let reg = Registry::start_with_basic_auth("puller", "s3cret").unwrap();
     let dirs = ShimDirs::new().unwrap();
     // Only hostNetwork pods here, but the node is Ready only with a network config.
-    std::fs::create_dir_all(dirs.cni_conf_dir()).unwrap();
-    std::fs::write(
-        dirs.cni_conf_dir().join("10-lo.conflist"),
-        r#"{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}"#,
-    )
-    .unwrap();
+    dirs.write_loopback_network().unwrap();
     let _shim = RuntimeShim::start(&dirs, &reg).unwrap();
     let node = KubeletNode::new(cp, "kl-pull").unwrap();
     let mut kubelet = Kubelet::start(&node, &dirs.socket(), &[]).unwrap();

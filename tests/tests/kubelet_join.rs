@@ -120,15 +120,8 @@ fn node_joins_with_only_a_bootstrap_token_and_restarts_without_it() {
         csr["spec"]["signerName"],
         "kubernetes.io/kube-apiserver-client-kubelet"
     );
-    let mut usages: Vec<&str> = csr["spec"]["usages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap())
-        .collect();
-    usages.sort();
     assert_eq!(
-        usages,
+        sorted_usages(csr),
         ["client auth", "digital signature", "key encipherment"]
     );
     let conditions = csr["status"]["conditions"].as_array().unwrap();
@@ -186,6 +179,18 @@ fn node_joins_with_only_a_bootstrap_token_and_restarts_without_it() {
     wait_lease_renewed(cp, &node.name, &mut kubelet);
     assert_eq!(csrs_of(cp, &format!("system:bootstrap:{id}")).len(), 1);
     assert_eq!(std::fs::read_link(&current).unwrap(), target);
+}
+
+/// A CSR's `spec.usages`, sorted (the approvers compare them as a set).
+fn sorted_usages(csr: &Value) -> Vec<&str> {
+    let mut usages: Vec<&str> = csr["spec"]["usages"]
+        .as_array()
+        .expect("usages")
+        .iter()
+        .map(|u| u.as_str().expect("a usage is a string"))
+        .collect();
+    usages.sort();
+    usages
 }
 
 /// Whether any kubelet log of `node` contains `text`.
@@ -604,4 +609,193 @@ fn client_certificate_is_rotated_before_it_expires() {
         Ok(both.then_some(()))
     });
     wait_lease_renewed(cp, &node.name, &mut kubelet);
+}
+
+/// The kubelet-serving CSRs `user` filed, oldest first.
+fn serving_csrs_of(cp: &ControlPlane, user: &str) -> Vec<Value> {
+    let mut csrs: Vec<Value> = csrs_of(cp, user)
+        .into_iter()
+        .filter(|c| c["spec"]["signerName"] == "kubernetes.io/kubelet-serving")
+        .collect();
+    csrs.sort_by_key(|c| {
+        c["metadata"]["creationTimestamp"]
+            .as_str()
+            .map(String::from)
+    });
+    csrs
+}
+
+/// The leaf certificate the kubelet on `port` presents, as PEM (not verified).
+fn served_leaf(port: u16) -> Result<String> {
+    let out = run_ok(Command::new("openssl").args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+    ]))?;
+    let begin = out
+        .find("-----BEGIN CERTIFICATE-----")
+        .context("s_client printed no certificate")?;
+    let end = out[begin..]
+        .find("-----END CERTIFICATE-----")
+        .context("unterminated certificate")?
+        + begin
+        + "-----END CERTIFICATE-----".len();
+    Ok(format!("{}\n", &out[begin..end]))
+}
+
+/// `openssl x509` of the PEM `cert`, with `args` (e.g. `-serial`).
+fn x509_text(dir: &Path, cert: &str, args: &[&str]) -> Result<String> {
+    let file = dir.join(node_tests::fixture::unique_name("cert") + ".pem");
+    std::fs::write(&file, cert)?;
+    let out = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-nameopt", "RFC2253"])
+            .args(args)
+            .arg("-in")
+            .arg(&file),
+    );
+    std::fs::remove_file(&file)?;
+    out
+}
+
+/// Whether an HTTPS client trusting only the cluster CA accepts the kubelet on
+/// `port` as 127.0.0.1 (chain and subject alternative name); any HTTP status will do.
+fn trusted_by_cluster_ca(cp: &ControlPlane, port: u16) -> bool {
+    Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "--max-time", "10", "--cacert"])
+        .arg(cp.ca_cert())
+        .arg(format!("https://127.0.0.1:{port}/healthz"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Approves CSR `name` as an admin would (kube-controller-manager approves no
+/// kubelet-serving CSR) and waits until the controller-manager's signer issued it.
+fn approve_and_wait_signed(cp: &ControlPlane, kubelet: &mut Kubelet, name: &str) -> String {
+    cp.kubectl(&["certificate", "approve", name]).unwrap();
+    kubelet.eventually("serving CSR signed", Duration::from_secs(30), || {
+        let csr = get_json(cp, &["get", "csr", name])?;
+        Ok(csr["status"]["certificate"].as_str().map(String::from))
+    })
+}
+
+/// serverTLSBootstrap against the real controller-manager signing 7m30s certificates:
+/// the kubelet files a kubelet-serving CSR for its name and address, serves its
+/// self-signed fallback while nobody approves it, serves the issued certificate once
+/// an admin does (same process, no restart), and renews it at 70-90 % of its life
+/// (15-105 s after issue, see `client_certificate_is_rotated_before_it_expires`).
+#[test]
+fn serving_certificate_is_requested_served_and_rotated() {
+    let cp = ControlPlane::start_with(&["--cluster-signing-duration", "7m30s"]).unwrap();
+    let cp = &cp;
+    let node = KubeletNode::with_config(cp, "kl-serving", "serverTLSBootstrap: true\n").unwrap();
+    let mut kubelet = Kubelet::start(&node, containerd(), &["--node-ip", "127.0.0.1"]).unwrap();
+    let pid = kubelet.pid();
+    let user = format!("system:node:{}", node.name);
+    let csr = kubelet.eventually("serving CSR filed", Duration::from_secs(60), || {
+        Ok(serving_csrs_of(cp, &user).into_iter().next())
+    });
+    let name = csr["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("csr-"), "{name}");
+    assert_eq!(
+        sorted_usages(&csr),
+        ["digital signature", "key encipherment", "server auth"]
+    );
+    // The request itself: the node's subject and its addresses (Hostname is the
+    // node name here, InternalIP the --node-ip).
+    let request_file = node.base.join("serving.csr");
+    std::fs::write(
+        &request_file,
+        base64_decode(csr["spec"]["request"].as_str().unwrap()),
+    )
+    .unwrap();
+    let request = run_ok(
+        Command::new("openssl")
+            .args(["req", "-noout", "-text", "-nameopt", "RFC2253", "-in"])
+            .arg(&request_file),
+    )
+    .unwrap();
+    assert!(
+        request.contains(&format!("Subject: CN={user},O=system:nodes")),
+        "{request}"
+    );
+    assert!(
+        request.contains(&format!("DNS:{}", node.name)) && request.contains("IP Address:127.0.0.1"),
+        "{request}"
+    );
+
+    // Nobody approved it: the self-signed fallback is served, which the cluster CA
+    // does not vouch for.
+    std::thread::sleep(Duration::from_secs(3));
+    let pending = get_json(cp, &["get", "csr", &name]).unwrap();
+    assert!(pending["status"]["certificate"].is_null(), "{pending}");
+    let fallback = served_leaf(node.port).unwrap();
+    assert!(
+        x509_text(&node.base, &fallback, &["-subject"])
+            .unwrap()
+            .contains("CN=127.0.0.1@"),
+        "self-signed: {fallback}"
+    );
+    assert!(!trusted_by_cluster_ca(cp, node.port));
+
+    let issued = approve_and_wait_signed(cp, &mut kubelet, &name);
+    let issued_pem = String::from_utf8(base64_decode(&issued)).unwrap();
+    kubelet.eventually("issued certificate served", Duration::from_secs(30), || {
+        Ok(trusted_by_cluster_ca(cp, node.port).then_some(()))
+    });
+    let served = served_leaf(node.port).unwrap();
+    let serial = |pem: &str| x509_text(&node.base, pem, &["-serial"]).unwrap();
+    assert_eq!(serial(&served), serial(&issued_pem));
+    let subject = x509_text(&node.base, &served, &["-subject", "-issuer"]).unwrap();
+    assert!(
+        subject.contains(&format!("subject=CN={user},O=system:nodes")),
+        "{subject}"
+    );
+    let ca_subject = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+            .arg(cp.ca_cert()),
+    )
+    .unwrap();
+    assert!(
+        subject.contains(&ca_subject.trim().replacen("subject=", "issuer=", 1)),
+        "{subject} vs CA {ca_subject}"
+    );
+    // Upstream's layout: kubelet-server-current.pem -> kubelet-server-<date>.pem.
+    let current = node.cert_dir().join("kubelet-server-current.pem");
+    let first = std::fs::read_link(&current).unwrap();
+    assert!(
+        first.to_str().unwrap().starts_with("kubelet-server-20"),
+        "{first:?}"
+    );
+
+    // Renewal: a second CSR; approved, it replaces the certificate in place.
+    let second = kubelet.eventually("renewal CSR filed", Duration::from_secs(150), || {
+        Ok(serving_csrs_of(cp, &user)
+            .into_iter()
+            .find(|c| c["metadata"]["name"] != name.as_str()))
+    });
+    let second_name = second["metadata"]["name"].as_str().unwrap().to_string();
+    let renewed = approve_and_wait_signed(cp, &mut kubelet, &second_name);
+    let renewed_serial = serial(&String::from_utf8(base64_decode(&renewed)).unwrap());
+    kubelet.eventually(
+        "renewed certificate served",
+        Duration::from_secs(30),
+        || Ok((serial(&served_leaf(node.port)?) == renewed_serial).then_some(())),
+    );
+    assert!(trusted_by_cluster_ca(cp, node.port));
+    assert_ne!(std::fs::read_link(&current).unwrap(), first);
+    assert_eq!(kubelet.pid(), pid);
+    assert!(
+        !kubelet_log_has(&node, "re-executing"),
+        "swapped without a restart"
+    );
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64 in a certificates.k8s.io field")
 }

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use node_tests::control_plane::ControlPlane;
-use node_tests::fixture::unique_name;
-use node_tests::kubelet::{Kubelet, KubeletAuth, KubeletNode, kubelet_get, shared_containerd};
+use node_tests::kubectl::Background;
+use node_tests::kubelet::{
+    Kubelet, KubeletAuth, KubeletNode, Namespace, kubelet_get, shared_containerd,
+};
 use serde_json::Value;
 
 /// The control plane's admin client certificate (CN kubernetes-admin, O system:masters).
@@ -39,54 +41,6 @@ fn start_node_with(cp: &ControlPlane, tag: &str, extra: Option<&str>) -> (Kubele
     // The API server reaches kubelets at their InternalIP: loopback here.
     let kubelet = Kubelet::start(&node, shared_containerd(), &["--node-ip", "127.0.0.1"]).unwrap();
     (node, kubelet)
-}
-
-/// A namespace deleted however the test ends.
-struct Namespace<'a> {
-    cp: &'a ControlPlane,
-    name: String,
-}
-
-impl<'a> Namespace<'a> {
-    fn create(cp: &'a ControlPlane, tag: &str) -> Self {
-        let name = unique_name(tag);
-        cp.kubectl(&["create", "namespace", &name]).unwrap();
-        Namespace { cp, name }
-    }
-}
-
-impl Drop for Namespace<'_> {
-    fn drop(&mut self) {
-        // Declared after the kubelet, so dropped while it still runs to stop the pods.
-        let _ = self
-            .cp
-            .kubectl(&["delete", "namespace", &self.name, "--timeout=60s"]);
-    }
-}
-
-/// A kubectl running in the background (logs -f, port-forward), stopped however the
-/// test ends.
-struct Background(std::process::Child);
-
-impl Background {
-    fn kubectl(cp: &ControlPlane, args: &[&str]) -> Self {
-        let child = std::process::Command::new(node_tests::fixture::kube_bin("kubectl"))
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        Background(child)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        node_tests::fixture::terminate(&mut self.0, Duration::from_secs(5));
-    }
 }
 
 /// The token of a fresh ServiceAccount that no RBAC rule grants anything.
@@ -494,33 +448,7 @@ fn kubectl_port_forward_and_attach_reach_pods_on_our_kubelet() {
     });
     run_pod(cp, &mut kubelet, &node, &ns.name, "web", container);
 
-    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _forward = Background::kubectl(
-        cp,
-        &[
-            "-n",
-            &ns.name,
-            "port-forward",
-            "pod/web",
-            &format!("{local_port}:80"),
-        ],
-    );
-    let body = node_tests::fixture::try_eventually(Duration::from_secs(30), || {
-        Ok(
-            node_tests::fixture::run_ok(std::process::Command::new("curl").args([
-                "-sf",
-                "-m",
-                "3",
-                &format!("http://127.0.0.1:{local_port}/"),
-            ]))
-            .ok(),
-        )
-    });
-    let body = body.unwrap_or_else(|last| panic!("curl through kubectl port-forward: {last}"));
+    let (_forward, _, body) = node_tests::kubectl::port_forward_http(cp, &ns.name, "web", 80);
     assert!(body.contains("node-runtime test web server"), "{body}");
 
     // attach: the running process's output, proxied like exec.

@@ -3,6 +3,8 @@
 //! API with upstream's name, annotations, owner and status; a deleted mirror comes
 //! back without touching the container, an edit replaces the pod, a removed file
 //! stops it and deletes its mirror, and static pods run with no API server at all.
+//! Static pods pass the same admission as API pods, as critical pods: they preempt
+//! other pods for resources, and are refused for anything else.
 
 use std::time::Duration;
 
@@ -171,6 +173,172 @@ fn static_pods_run_with_mirror_pods_as_upstream() {
     // NodeRestriction let every write through.
     let log = t.kubelet.log_text().to_lowercase();
     assert!(!log.contains("forbidden"), "{}", t.kubelet.log_text());
+}
+
+/// A static pod `name` running busybox with `spec` merged into its spec.
+fn static_manifest(namespace: &str, name: &str, spec: Value) -> String {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"]}],
+        },
+    });
+    for (k, v) in spec.as_object().unwrap() {
+        pod["spec"][k] = v.clone();
+    }
+    pod.to_string()
+}
+
+fn cpu_request(cpu: &str) -> Value {
+    json!({"requests": {"cpu": cpu}})
+}
+
+/// upstream's HandlePodAdditions for static pods, on a node with 500m allocatable
+/// cpu: a node selector that does not match and a taken host port refuse a static
+/// pod (Warning event, nothing runs, no mirror); a resource shortage does not, the
+/// kubelet evicts an API pod to make room ("Preempting", the pod Failed); and a
+/// shortage no eviction can cover refuses it with UnexpectedAdmissionError.
+#[test]
+fn static_pods_are_admitted_as_critical_pods() {
+    let config = format!("{STATIC_POD_CONFIG}kubeReserved: {{cpu: 1500m}}\n");
+    let mut t = PodNode::start_with_config("ks-admit", &config);
+    let statics = StaticPodDir::new(&t.node, containerd());
+    let node = t.node.name.clone();
+    let ns = t.ns.name.clone();
+    let allocatable = t
+        .cp()
+        .kubectl(&[
+            "get",
+            "node",
+            &node,
+            "-o",
+            "jsonpath={.status.allocatable.cpu}",
+        ])
+        .unwrap();
+    assert_eq!(allocatable, "500m");
+
+    t.create_pod(
+        "victim",
+        json!({"containers": [{"name": "main", "image": BUSYBOX,
+            "command": ["sleep", "3600"], "resources": cpu_request("400m")}],
+            "terminationGracePeriodSeconds": 1}),
+    );
+    t.wait_pod("victim", "the API pod Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+
+    let refused = |t: &mut PodNode, name: &str, reason: &str, what: &str| -> Value {
+        let full = format!("{name}-{node}");
+        let event = t.wait_event(
+            &format!("involvedObject.name={full},reason={reason}"),
+            what,
+            |e| e["type"] == "Warning",
+        );
+        assert_eq!(event["source"]["component"], "kubelet", "{event}");
+        // Refused before it ran: no sandbox, and no mirror (upstream makes mirrors
+        // only for pods it runs).
+        let uid = event["involvedObject"]["uid"].as_str().unwrap().to_string();
+        assert!(
+            statics
+                .sandboxes()
+                .unwrap()
+                .iter()
+                .all(|(_, u, _)| *u != uid),
+            "{name} must not run"
+        );
+        assert!(
+            mirror((t.cp(), &ns), &full).is_none(),
+            "no mirror for {full}"
+        );
+        event
+    };
+
+    statics.write(
+        "affinity.yaml",
+        &static_manifest(
+            &ns,
+            "affinity",
+            json!({"nodeSelector": {"nodert-test": "absent"}}),
+        ),
+    );
+    let event = refused(
+        &mut t,
+        "affinity",
+        "NodeAffinity",
+        "the node selector refusal",
+    );
+    assert_eq!(event["message"], "Predicate NodeAffinity failed");
+
+    // 300m more than the 100m left: the API pod is evicted for the static pod.
+    let port = 31000 + (std::process::id() % 1000) as i32;
+    let with_port = |cpu: &str| {
+        json!({"containers": [{"name": "main", "image": BUSYBOX, "command": ["sleep", "3600"],
+            "resources": cpu_request(cpu), "ports": [{"containerPort": 8080, "hostPort": port}]}]})
+    };
+    statics.write(
+        "critical.yaml",
+        &static_manifest(&ns, "critical", with_port("300m")),
+    );
+    let preempted = t.wait_pod("victim", "the API pod preempted", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(preempted["status"]["reason"], "Preempting", "{preempted}");
+    assert_eq!(
+        preempted["status"]["message"],
+        "Preempted in order to admit critical pod"
+    );
+    t.wait_event(
+        "involvedObject.name=victim,reason=Preempting",
+        "the Preempting event",
+        |e| e["type"] == "Warning" && e["message"] == "Preempted in order to admit critical pod",
+    );
+    let victim_uid = preempted["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(statics.running_containers(&victim_uid).unwrap().is_empty());
+    let critical = format!("critical-{node}");
+    let cp = t.cp();
+    t.kubelet.eventually(
+        "the critical static pod Running",
+        Duration::from_secs(60),
+        || {
+            Ok(mirror((cp, &ns), &critical)
+                .filter(|m| m["status"]["phase"] == "Running" && running_container_id(m).is_some()))
+        },
+    );
+
+    // The same host port is taken: refused although critical.
+    statics.write("ports.yaml", &static_manifest(&ns, "ports", with_port("0")));
+    let event = refused(&mut t, "ports", "NodePorts", "the host port refusal");
+    assert_eq!(event["message"], "Predicate NodePorts failed");
+
+    // A whole cpu: nothing left to evict covers it.
+    statics.write(
+        "huge.yaml",
+        &static_manifest(
+            &ns,
+            "huge",
+            json!({"containers": [{"name": "main", "image": BUSYBOX,
+            "command": ["sleep", "3600"], "resources": cpu_request("1")}]}),
+        ),
+    );
+    let event = refused(
+        &mut t,
+        "huge",
+        "UnexpectedAdmissionError",
+        "the unmet shortage",
+    );
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "Unexpected error while attempting to recover from admission failure: preemption: \
+             error finding a set of pods to preempt: no set of running pods found to reclaim resources: [(res: cpu, q: 800), ]"
+        ),
+        "{message}"
+    );
+    // The admitted static pod is untouched by its neighbours' refusals.
+    assert!(mirror((t.cp(), &ns), &critical).is_some_and(|m| m["status"]["phase"] == "Running"));
+    drop(statics);
 }
 
 #[test]

@@ -13,8 +13,9 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::*;
 use node_tests::control_plane::{ControlPlane, kubectl_stdin};
-use node_tests::fixture::{kube_bin, run_ok, terminate, try_eventually, unique_name};
-use node_tests::kubelet::{Kubelet, KubeletNode};
+use node_tests::fixture::{kube_bin, run_ok};
+use node_tests::kubectl::{self, Background};
+use node_tests::kubelet::{Kubelet, KubeletNode, Namespace};
 use node_tests::registry::Registry;
 use node_tests::runtime_shim::{RuntimeShim, ShimDirs};
 use serde_json::{Value, json};
@@ -22,72 +23,6 @@ use tonic::transport::Channel;
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
 const WEB: &str = "registry.k8s.io/e2e-test-images/nginx:1.14-2";
-
-/// A network config of loopback only: pods get their own namespace with `lo` up,
-/// which is all port-forward (127.0.0.1 inside the pod) needs.
-fn loopback_network(dirs: &ShimDirs) {
-    std::fs::create_dir_all(dirs.cni_conf_dir()).unwrap();
-    std::fs::write(
-        dirs.cni_conf_dir().join("10-lo.conflist"),
-        r#"{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}"#,
-    )
-    .unwrap();
-}
-
-/// A namespace deleted however the test ends (declared after the kubelet, so dropped
-/// while it still runs and stops the pods).
-struct Namespace<'a> {
-    cp: &'a ControlPlane,
-    name: String,
-}
-
-impl Drop for Namespace<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .cp
-            .kubectl(&["delete", "namespace", &self.name, "--timeout=60s"]);
-    }
-}
-
-/// A kubectl in the background (stdout piped), stopped however the test ends.
-struct Background(std::process::Child);
-
-impl Background {
-    fn kubectl(cp: &ControlPlane, args: &[&str]) -> Self {
-        let child = Command::new(kube_bin("kubectl"))
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Background(child)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        terminate(&mut self.0, Duration::from_secs(5));
-    }
-}
-
-/// kubectl's exit code, stdout and stderr.
-fn kubectl_status(cp: &ControlPlane, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(kube_bin("kubectl"))
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Everything `r` yields, gathered by a thread until EOF.
 fn collect(
@@ -112,7 +47,7 @@ fn collect(
 fn exec_in_app(cp: &ControlPlane, ns: &str, cmd: &[&str]) -> (i32, String, String) {
     let mut args = vec!["-n", ns, "exec", "box", "-c", "app", "--"];
     args.extend_from_slice(cmd);
-    kubectl_status(cp, &args)
+    kubectl::status(cp, &args)
 }
 
 /// kubectl on a terminal of its own (util-linux `script` gives it a pty), typing
@@ -158,7 +93,7 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
     let cp = ControlPlane::shared();
     let reg = Registry::start().unwrap();
     let dirs = ShimDirs::new().unwrap();
-    loopback_network(&dirs);
+    dirs.write_loopback_network().unwrap();
     let shim = RuntimeShim::start(&dirs, &reg).unwrap();
     // The API server reaches the kubelet at its InternalIP (loopback) with the
     // cluster's client certificate.
@@ -173,11 +108,7 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
     .unwrap();
     let mut kubelet = Kubelet::start(&node, &dirs.socket(), &["--node-ip", "127.0.0.1"]).unwrap();
     kubelet.wait_node_ready(cp, &node.name, Duration::from_secs(60));
-    let ns = Namespace {
-        cp,
-        name: unique_name("stream"),
-    };
-    cp.kubectl(&["create", "namespace", &ns.name]).unwrap();
+    let ns = Namespace::create(cp, "stream");
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "box", "namespace": ns.name},
@@ -278,10 +209,7 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
     // attach -i without a terminal: input into the container's stdin pipe (kept open by
     // its monitor), its stdout and stderr back apart.
     let mut attach = Background(
-        Command::new(kube_bin("kubectl"))
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(["-n", n, "attach", "-i", "box", "-c", "reader"])
+        kubectl::command(cp, &["-n", n, "attach", "-i", "box", "-c", "reader"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -317,26 +245,7 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
     assert!(screen.contains("33 101"), "{screen}");
 
     // port-forward: a local port to 127.0.0.1:80 inside the pod's network namespace.
-    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _forward = Background::kubectl(
-        cp,
-        &[
-            "-n",
-            n,
-            "port-forward",
-            "pod/box",
-            &format!("{local_port}:80"),
-        ],
-    );
-    let url = format!("http://127.0.0.1:{local_port}/");
-    let body = try_eventually(Duration::from_secs(30), || {
-        Ok(run_ok(Command::new("curl").args(["-sf", "-m", "3", &url])).ok())
-    })
-    .unwrap_or_else(|last| panic!("curl through kubectl port-forward: {last}"));
+    let (_forward, url, body) = kubectl::port_forward_http(cp, n, "box", 80);
     assert!(body.contains("node-runtime test web server"), "{body}");
     // Several connections over the one forward, one after the other.
     for _ in 0..3 {
@@ -349,17 +258,9 @@ fn kubectl_exec_attach_and_port_forward_reach_runtime_shim() {
         .local_addr()
         .unwrap()
         .port();
+    let forward = format!("{closed_port}:81");
     let mut closed = Background(
-        Command::new(kube_bin("kubectl"))
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args([
-                "-n",
-                n,
-                "port-forward",
-                "pod/box",
-                &format!("{closed_port}:81"),
-            ])
+        kubectl::command(cp, &["-n", n, "port-forward", "pod/box", &forward])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -453,6 +354,37 @@ fn seccomp(typ: ProfileType, localhost_ref: &str) -> LinuxContainerSecurityConte
     }
 }
 
+/// A container sleeping for an hour with `security`.
+async fn sleeper(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    name: &str,
+    security: LinuxContainerSecurityContext,
+) -> Result<String, tonic::Status> {
+    start(rt, pod_id, pod, name, &["sleep", "3600"], security).await
+}
+
+/// The container's seccomp mode as its init sees it (`Seccomp:` in
+/// /proc/self/status): "0" none, "2" a filter.
+async fn seccomp_mode(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> String {
+    let (_, status) = sh(rt, id, "grep Seccomp: /proc/self/status").await;
+    status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or(&status)
+        .to_string()
+}
+
+async fn container_count(rt: &mut RuntimeServiceClient<Channel>) -> usize {
+    rt.list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .len()
+}
+
 /// Runs `sh -c script` in a running container: exit code and stdout+stderr.
 async fn sh(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> (i32, String) {
     let r = rt
@@ -520,24 +452,16 @@ async fn runtime_default_seccomp_blocks_what_unconfined_and_privileged_may_do() 
     let dirs = ShimDirs::new().unwrap();
     let shim = RuntimeShim::start(&dirs, &reg).unwrap();
     let (mut rt, pod_id, pod) = pod(&shim, &dirs, "seccomp").await;
-    let sleeper = ["sleep", "3600"];
-
-    let confined = start(
+    let confined = sleeper(
         &mut rt,
         &pod_id,
         &pod,
         "confined",
-        &sleeper,
         seccomp(ProfileType::RuntimeDefault, ""),
     )
     .await
     .unwrap();
-    let (_, status) = sh(&mut rt, &confined, "grep Seccomp: /proc/self/status").await;
-    assert_eq!(
-        status.split_whitespace().nth(1),
-        Some("2"),
-        "filter mode: {status}"
-    );
+    assert_eq!(seccomp_mode(&mut rt, &confined).await, "2", "filter mode");
     // A new user namespace needs no capability, only the filter's permission.
     let (code, out) = sh(&mut rt, &confined, "unshare -U true").await;
     assert_ne!(code, 0, "{out}");
@@ -550,25 +474,23 @@ async fn runtime_default_seccomp_blocks_what_unconfined_and_privileged_may_do() 
     .await;
     assert_eq!((code, out.as_str()), (0, "ordinary work\n"));
 
-    let unconfined = start(
+    let unconfined = sleeper(
         &mut rt,
         &pod_id,
         &pod,
         "unconfined",
-        &sleeper,
         seccomp(ProfileType::Unconfined, ""),
     )
     .await
     .unwrap();
-    let (_, status) = sh(&mut rt, &unconfined, "grep Seccomp: /proc/self/status").await;
-    assert_eq!(status.split_whitespace().nth(1), Some("0"), "{status}");
+    assert_eq!(seccomp_mode(&mut rt, &unconfined).await, "0");
     let (code, out) = sh(&mut rt, &unconfined, "unshare -U true").await;
     assert_eq!(code, 0, "{out}");
 
     // Privileged containers get no filter even when RuntimeDefault is asked for.
     let mut privileged = seccomp(ProfileType::RuntimeDefault, "");
     privileged.privileged = true;
-    let privileged = start(&mut rt, &pod_id, &pod, "privileged", &sleeper, privileged)
+    let privileged = sleeper(&mut rt, &pod_id, &pod, "privileged", privileged)
         .await
         .unwrap();
     let (code, out) = sh(
@@ -587,12 +509,11 @@ async fn runtime_default_seccomp_blocks_what_unconfined_and_privileged_may_do() 
             "syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
     )
     .unwrap();
-    let local = start(
+    let local = sleeper(
         &mut rt,
         &pod_id,
         &pod,
         "local",
-        &sleeper,
         seccomp(ProfileType::Localhost, profile.to_str().unwrap()),
     )
     .await
@@ -601,32 +522,19 @@ async fn runtime_default_seccomp_blocks_what_unconfined_and_privileged_may_do() 
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("Operation not permitted"), "{out}");
     // A profile that is not there is a clear error and creates nothing.
-    let before = rt
-        .list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len();
-    let err = start(
+    let before = container_count(&mut rt).await;
+    let err = sleeper(
         &mut rt,
         &pod_id,
         &pod,
         "missing",
-        &sleeper,
         seccomp(ProfileType::Localhost, "/no/such/profile.json"),
     )
     .await
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("/no/such/profile.json"), "{err:?}");
-    let after = rt
-        .list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len();
+    let after = container_count(&mut rt).await;
     assert_eq!(before, after);
     remove_pod(&mut rt, &pod_id).await;
 }

@@ -1,8 +1,10 @@
-//! Requesting the node's client certificate: a CertificateSigningRequest
-//! (certificates.k8s.io/v1) for `system:node:<name>` in `system:nodes`, to the
-//! `kubernetes.io/kube-apiserver-client-kubelet` signer, then waiting until it is
-//! approved (by the controller-manager's csrapproving when RBAC lets the requester)
-//! and signed.
+//! Requesting the node's certificates: a CertificateSigningRequest
+//! (certificates.k8s.io/v1) for `system:node:<name>` in `system:nodes`, then waiting
+//! until it is approved and signed. The client certificate goes to the
+//! `kubernetes.io/kube-apiserver-client-kubelet` signer (approved by the
+//! controller-manager's csrapproving when RBAC lets the requester), the serving
+//! certificate to `kubernetes.io/kubelet-serving` (approved by an admin or an
+//! approver of the cluster's own: kube-controller-manager approves none).
 
 use std::time::Duration;
 
@@ -34,7 +36,17 @@ pub fn common_name(node_name: &str) -> String {
 /// The PEM CSR for `key`: subject O=system:nodes, CN=system:node:<name>, no SANs
 /// (the approver refuses client CSRs with any).
 pub fn request_pem(node_name: &str, key: &rcgen::KeyPair) -> Result<String> {
+    request_pem_with_sans(node_name, key, Vec::new())
+}
+
+/// [`request_pem`] with subject alternative names (a serving certificate's).
+pub fn request_pem_with_sans(
+    node_name: &str,
+    key: &rcgen::KeyPair,
+    sans: Vec<rcgen::SanType>,
+) -> Result<String> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = sans;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
@@ -68,40 +80,69 @@ pub fn digested_name(node_name: &str, key: &rcgen::KeyPair) -> String {
     format!("node-csr-{}", URL_SAFE_NO_PAD.encode(hash.finalize()))
 }
 
-/// Files the request (or finds the one an earlier run filed) and waits for the
-/// certificate; returns it as PEM.
+/// Files the client certificate request (or finds the one an earlier run filed) and
+/// waits for the certificate; returns it as PEM.
 pub async fn request_certificate(
     api: &Api<CertificateSigningRequest>,
     node_name: &str,
     key: &rcgen::KeyPair,
 ) -> Result<String> {
-    let name = digested_name(node_name, key);
-    let request = request_pem(node_name, key)?;
+    let request = Request {
+        name: Some(digested_name(node_name, key)),
+        pem: request_pem(node_name, key)?,
+        signer: SIGNER,
+        usages: &USAGES,
+        wait: WAIT,
+    };
+    submit_and_wait(api, &request).await
+}
+
+/// One certificate signing request as the kubelet files it.
+pub struct Request<'a> {
+    /// A fixed name (TLS bootstrap's digest, found again after a restart), or `None`
+    /// for upstream's certificate manager's `csr-` generated names.
+    pub name: Option<String>,
+    pub pem: String,
+    pub signer: &'a str,
+    pub usages: &'a [&'a str],
+    /// How long to wait for approval and signing before giving up on this request.
+    pub wait: Duration,
+}
+
+/// Creates `request` (or, with a fixed name, adopts the one an earlier run created)
+/// and waits until it is approved and signed; returns the certificate as PEM.
+pub async fn submit_and_wait(
+    api: &Api<CertificateSigningRequest>,
+    request: &Request<'_>,
+) -> Result<String> {
     let csr = CertificateSigningRequest {
         metadata: ObjectMeta {
-            name: Some(name.clone()),
+            name: request.name.clone(),
+            generate_name: request.name.is_none().then(|| "csr-".to_string()),
             ..ObjectMeta::default()
         },
         spec: CertificateSigningRequestSpec {
-            request: ByteString(request.clone().into_bytes()),
-            signer_name: SIGNER.into(),
-            usages: Some(USAGES.iter().map(|u| u.to_string()).collect()),
+            request: ByteString(request.pem.clone().into_bytes()),
+            signer_name: request.signer.into(),
+            usages: Some(request.usages.iter().map(|u| u.to_string()).collect()),
             ..CertificateSigningRequestSpec::default()
         },
         status: None,
     };
+    let signer = request.signer;
     let created = match api.create(&PostParams::default(), &csr).await {
         Ok(created) => {
-            info!(csr = %name, "certificate signing request created");
+            info!(csr = ?created.metadata.name, signer, "certificate signing request created");
             created
         }
-        Err(kube::Error::Api(s)) if s.is_already_exists() => {
-            let existing = api.get(&name).await.context("reading the existing CSR")?;
+        Err(kube::Error::Api(s)) if s.is_already_exists() && request.name.is_some() => {
+            let name = request.name.as_deref().unwrap_or_default();
+            let existing = api.get(name).await.context("reading the existing CSR")?;
             // Same name means same key, subject and usages (the request bytes differ:
             // ECDSA signatures are randomised); check the signer, as upstream does.
-            if existing.spec.signer_name != SIGNER {
+            if existing.spec.signer_name != signer {
                 bail!(
-                    "CSR {name} exists for signer {:?}, not {SIGNER}",
+                    "CSR {name} exists for signer {:?}, not {signer}",
                     existing.spec.signer_name
                 );
             }
@@ -110,9 +151,14 @@ pub async fn request_certificate(
         }
         Err(e) => return Err(e).context("creating the certificate signing request"),
     };
+    let name = created
+        .metadata
+        .name
+        .clone()
+        .context("the API server returned a CSR without a name")?;
     let uid = created.metadata.uid.clone();
-    info!(csr = %name, "waiting for the client certificate to be issued");
-    let deadline = tokio::time::Instant::now() + WAIT;
+    info!(csr = %name, signer, "waiting for the certificate to be issued");
+    let deadline = tokio::time::Instant::now() + request.wait;
     loop {
         match api.get_opt(&name).await {
             Ok(Some(csr)) => {
@@ -120,7 +166,7 @@ pub async fn request_certificate(
                     bail!("CSR {name} was deleted and re-created by someone else");
                 }
                 if let Some(cert) = issued(&csr)? {
-                    info!(csr = %name, "client certificate issued");
+                    info!(csr = %name, signer, "certificate issued");
                     return Ok(cert);
                 }
             }
@@ -128,7 +174,10 @@ pub async fn request_certificate(
             Err(e) => tracing::warn!(csr = %name, error = %e, "reading the CSR failed; retrying"),
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!("CSR {name} was not approved and signed within {WAIT:?}");
+            bail!(
+                "CSR {name} was not approved and signed within {:?}",
+                request.wait
+            );
         }
         tokio::time::sleep(POLL).await;
     }

@@ -6,6 +6,7 @@
 
 pub mod csr;
 pub mod rotation;
+pub mod serving;
 pub mod store;
 
 use std::path::Path;

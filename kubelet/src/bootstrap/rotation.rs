@@ -31,7 +31,7 @@ pub fn deadline(not_before: i64, not_after: i64, jitter: f64) -> i64 {
 
 /// A fraction in [0, 1) that differs between processes (std's hasher keys are random
 /// per process), enough to spread rotations without a random-number crate.
-fn jitter() -> f64 {
+pub(crate) fn jitter() -> f64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64

@@ -1,7 +1,9 @@
-//! The client certificate's files in `--cert-dir`, laid out as upstream's FileStore
-//! lays them out: each issued pair in `kubelet-client-<time>.pem` (certificate then
-//! key), `kubelet-client-current.pem` a symlink to the newest, and the key of a pending
-//! request in `kubelet-client.key.tmp`, so a restart mid-bootstrap reuses it.
+//! The kubelet's certificates in `--cert-dir`, laid out as upstream's FileStore lays
+//! them out: each issued pair in `<prefix>-<time>.pem` (certificate then key),
+//! `<prefix>-current.pem` a symlink to the newest. The prefix is `kubelet-client` for
+//! the client certificate, whose pending request's key is also kept
+//! (`kubelet-client.key.tmp`, so a restart mid-bootstrap reuses it), and
+//! `kubelet-server` for the serving certificate.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -9,31 +11,54 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 pub const CURRENT: &str = "kubelet-client-current.pem";
+#[cfg(test)]
 const PENDING_KEY: &str = "kubelet-client.key.tmp";
-const PREFIX: &str = "kubelet-client";
+const CLIENT_PREFIX: &str = "kubelet-client";
+const SERVER_PREFIX: &str = "kubelet-server";
 
 pub struct CertStore {
     dir: PathBuf,
+    prefix: &'static str,
 }
 
 impl CertStore {
+    /// The client certificate's store.
     pub fn new(dir: &Path) -> Result<Self> {
+        Self::with_prefix(dir, CLIENT_PREFIX)
+    }
+
+    /// The serving certificate's store (serverTLSBootstrap).
+    pub fn serving(dir: &Path) -> Result<Self> {
+        Self::with_prefix(dir, SERVER_PREFIX)
+    }
+
+    fn with_prefix(dir: &Path, prefix: &'static str) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating --cert-dir {}", dir.display()))?;
         Ok(CertStore {
             dir: dir.to_path_buf(),
+            prefix,
         })
     }
 
-    /// What the kubeconfig names as client certificate and key.
+    /// The symlink to the newest pair: what the kubeconfig names as client
+    /// certificate and key, or what the server serves.
     pub fn current_path(&self) -> PathBuf {
-        self.dir.join(CURRENT)
+        self.dir.join(self.current_name())
+    }
+
+    fn pending_key_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.key.tmp", self.prefix))
+    }
+
+    fn current_name(&self) -> String {
+        format!("{}-current.pem", self.prefix)
     }
 
     /// The key of a request still pending from an earlier run, or a new one (kept on
     /// disk before it is used, so a crash before the certificate arrives loses nothing).
     pub fn pending_key(&self) -> Result<rcgen::KeyPair> {
-        let path = self.dir.join(PENDING_KEY);
+        let path = self.pending_key_path();
         if let Ok(pem) = std::fs::read_to_string(&path)
             && let Ok(key) = rcgen::KeyPair::from_pem(&pem)
         {
@@ -50,10 +75,11 @@ impl CertStore {
         let stamp = chrono::Utc::now().format("%Y-%m-%d-%H-%M-%S");
         // Upstream's names have one-second resolution; a second pair within the same
         // second must not overwrite the file `current` may still point at.
+        let prefix = self.prefix;
         let (name, file) = (0..)
             .map(|n| match n {
-                0 => format!("{PREFIX}-{stamp}.pem"),
-                n => format!("{PREFIX}-{stamp}-{n}.pem"),
+                0 => format!("{prefix}-{stamp}.pem"),
+                n => format!("{prefix}-{stamp}-{n}.pem"),
             })
             .map(|name| (name.clone(), self.dir.join(name)))
             .find(|(_, file)| !file.exists())
@@ -65,12 +91,12 @@ impl CertStore {
         // A relative target keeps the directory relocatable, and renaming a fresh
         // link over the old one switches atomically.
         let link = self.current_path();
-        let tmp = self.dir.join(format!(".{CURRENT}.tmp"));
+        let tmp = self.dir.join(format!(".{}.tmp", self.current_name()));
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(&name, &tmp)
             .with_context(|| format!("linking {}", tmp.display()))?;
         std::fs::rename(&tmp, &link).with_context(|| format!("updating {}", link.display()))?;
-        let _ = std::fs::remove_file(self.dir.join(PENDING_KEY));
+        let _ = std::fs::remove_file(self.pending_key_path());
         Ok(link)
     }
 }
@@ -129,6 +155,14 @@ mod tests {
         let second = std::fs::read_link(&link).unwrap();
         assert_ne!(second, target);
         assert!(dir.path().join(&target).exists());
+        assert!(std::fs::read_to_string(&link).unwrap().starts_with("CERT2"));
+
+        // The serving store beside it keeps its own files and leaves the client's be.
+        let serving = CertStore::serving(dir.path()).unwrap();
+        let served = serving.update("SERVING\n", &key).unwrap();
+        assert_eq!(served, dir.path().join("kubelet-server-current.pem"));
+        let target = std::fs::read_link(&served).unwrap();
+        assert!(target.to_str().unwrap().starts_with("kubelet-server-20"));
         assert!(std::fs::read_to_string(&link).unwrap().starts_with("CERT2"));
     }
 }

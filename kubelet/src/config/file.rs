@@ -22,6 +22,9 @@ pub struct KubeletConfigFile {
     pub max_pods: Option<i64>,
     pub register_node: Option<bool>,
     pub rotate_certificates: Option<bool>,
+    /// Request the serving certificate from the cluster (kubernetes.io/kubelet-serving).
+    #[serde(rename = "serverTLSBootstrap")]
+    pub server_tls_bootstrap: Option<bool>,
     pub register_with_taints: Option<Vec<Taint>>,
     pub kube_reserved: Option<BTreeMap<String, String>>,
     pub system_reserved: Option<BTreeMap<String, String>>,
@@ -124,10 +127,12 @@ nodeLeaseDurationSeconds: 40
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 providerID: aws:///us-east-1a/i-0123
 authentication: {anonymous: {enabled: false}}
+serverTLSBootstrap: true
 "#,
         )
         .unwrap();
         assert_eq!(f.max_pods, Some(42));
+        assert_eq!(f.server_tls_bootstrap, Some(true));
         assert_eq!(f.port, Some(10250));
         assert_eq!(f.register_with_taints.unwrap()[0].key, "dedicated");
         assert_eq!(f.kube_reserved.unwrap()["memory"], "256Mi");

@@ -107,6 +107,11 @@ pub struct Flags {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub rotate_certificates: Option<bool>,
 
+    /// Request the serving certificate from the cluster and renew it before it expires
+    /// (serverTLSBootstrap); the CSRs need approving, kube-controller-manager does not.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub rotate_server_certificates: Option<bool>,
+
     /// Register the node with the API server (pflag booleans: --register-node[=false]).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub register_node: Option<bool>,
@@ -285,7 +290,6 @@ const UNSUPPORTED_BOOL_FLAGS: &[&str] = &[
     "really-crash-for-testing",
     "redirect-container-streaming",
     "register-schedulable",
-    "rotate-server-certificates",
     "runonce",
     "serialize-image-pulls",
     "skip-headers",

@@ -33,6 +33,9 @@ pub struct Settings {
     pub bootstrap_kubeconfig: Option<PathBuf>,
     /// rotateCertificates: renew the client certificate in `cert_dir` before it expires.
     pub rotate_certificates: bool,
+    /// serverTLSBootstrap / --rotate-server-certificates: serve a certificate the
+    /// cluster issues (kubernetes.io/kubelet-serving), renewed before it expires.
+    pub server_tls_bootstrap: bool,
     pub node_name: String,
     /// `--hostname-override` or the machine's hostname, lowercased: the
     /// `kubernetes.io/hostname` label and the Hostname address. It differs from
@@ -264,6 +267,11 @@ impl Settings {
                 .rotate_certificates
                 .or(file.rotate_certificates)
                 .unwrap_or(false),
+            // Off by default upstream too: the CSRs wait for an approver.
+            server_tls_bootstrap: flags
+                .rotate_server_certificates
+                .or(file.server_tls_bootstrap)
+                .unwrap_or(false),
             node_name,
             hostname,
             hostname_overridden,
@@ -465,6 +473,35 @@ mod tests {
         assert_eq!(s.root_dir, PathBuf::from("/var/lib/kubelet"));
         assert_eq!(s.static_pod_path, None);
         assert_eq!(s.file_check_frequency, Duration::from_secs(20));
+        assert!(!s.server_tls_bootstrap);
+    }
+
+    #[test]
+    fn server_tls_bootstrap_comes_from_the_file_or_the_flag() {
+        let file = |on: bool| {
+            KubeletConfigFile::parse(&format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n\
+                 serverTLSBootstrap: {on}\n"
+            ))
+            .unwrap()
+        };
+        let resolve = |args: &[&str], f: Option<KubeletConfigFile>| {
+            let mut all = vec!["--kubeconfig", "/k"];
+            all.extend_from_slice(args);
+            Settings::resolve(flags(&all), f, "h")
+                .unwrap()
+                .server_tls_bootstrap
+        };
+        assert!(resolve(&[], Some(file(true))));
+        assert!(resolve(&["--rotate-server-certificates"], None));
+        assert!(!resolve(
+            &["--rotate-server-certificates=false"],
+            Some(file(true))
+        ));
+        assert!(resolve(
+            &["--rotate-server-certificates=true"],
+            Some(file(false))
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::{ContainerImage, Node, NodeStatus};
+use k8s_openapi::api::core::v1::{ContainerImage, Node, NodeAddress, NodeStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -45,6 +45,9 @@ pub struct StatusReporter {
     reported: Option<NodeStatus>,
     /// When `reported` was written; `None` until we write once.
     last_report: Option<Instant>,
+    /// The addresses last computed, as upstream's lastObservedNodeAddresses: the
+    /// names and IPs the serving certificate must cover.
+    addresses: tokio::sync::watch::Sender<Vec<NodeAddress>>,
 }
 
 impl StatusReporter {
@@ -65,7 +68,13 @@ impl StatusReporter {
             images: Vec::new(),
             reported: None,
             last_report: None,
+            addresses: tokio::sync::watch::Sender::new(Vec::new()),
         }
+    }
+
+    /// Follows the node's addresses as they are computed (empty until the first time).
+    pub fn observed_addresses(&self) -> tokio::sync::watch::Receiver<Vec<NodeAddress>> {
+        self.addresses.subscribe()
     }
 
     /// Asks the runtime for its version, status and images. Version is asked every
@@ -104,6 +113,13 @@ impl StatusReporter {
             hostname_overridden: self.settings.hostname_overridden,
             cloud: self.settings.cloud.as_ref().map(|c| c.addresses.as_slice()),
         })?;
+        self.addresses.send_if_modified(|last| {
+            let changed = *last != addresses;
+            if changed {
+                last.clone_from(&addresses);
+            }
+            changed
+        });
         let inputs = StatusInputs {
             addresses: &addresses,
             port: self.settings.port,

@@ -85,26 +85,87 @@ impl Requests {
     }
 }
 
-/// Checks `pod` against `node` already running `active` (admitted, not terminated).
+/// Checks `pod` against `node` already running `active` (admitted, not terminated);
+/// the first failure is what upstream reports for an ordinary pod.
+#[cfg(test)]
 pub fn admit(pod: &Pod, node: &Node, active: &[&Pod]) -> Result<(), Rejection> {
-    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
-    let units = |name: &str| {
-        allocatable
-            .and_then(|a| a.get(name))
-            .and_then(|q| parse_units(&q.0).ok())
-            .unwrap_or(0)
-    };
-    let insufficient = |name: &str, requested: i64, used: i64, capacity: i64| Rejection {
-        reason: format!("OutOf{name}"),
-        message: format!(
-            "Node didn't have enough resource: {name}, requested: {requested}, used: {used}, capacity: {capacity}"
-        ),
-    };
-    let pods = units("pods");
-    if active.len() as i64 + 1 > pods {
-        return Err(insufficient("pods", 1, active.len() as i64, pods));
+    match check(pod, node, active).into_iter().next() {
+        Some(failure) => Err(failure.rejection),
+        None => Ok(()),
     }
+}
+
+/// A resource admission counts: the pod count, cpu (millicores), memory and
+/// ephemeral-storage (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Pods,
+    Cpu,
+    Memory,
+    EphemeralStorage,
+}
+
+impl Resource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Pods => "pods",
+            Resource::Cpu => "cpu",
+            Resource::Memory => "memory",
+            Resource::EphemeralStorage => "ephemeral-storage",
+        }
+    }
+
+    /// upstream's GetResourceRequest: 1 for pods, the pod's effective request else.
+    pub fn request_of(self, pod: &Pod) -> i64 {
+        let r = Requests::of_pod(pod);
+        match self {
+            Resource::Pods => 1,
+            Resource::Cpu => r.milli_cpu,
+            Resource::Memory => r.memory,
+            Resource::EphemeralStorage => r.ephemeral_storage,
+        }
+    }
+}
+
+/// One failed check. `shortfall` is set for an insufficient resource: how much of it
+/// is missing (what a critical pod's preemption has to free).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub rejection: Rejection,
+    pub shortfall: Option<(Resource, i64)>,
+}
+
+/// Every failed check, in upstream's order (GeneralPredicates: resources, node
+/// selector and affinity, node name, host ports).
+pub fn check(pod: &Pod, node: &Node, active: &[&Pod]) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let capacity = |resource: Resource| {
+        let q = allocatable.and_then(|a| a.get(resource.name()));
+        let value = match resource {
+            Resource::Cpu => q.and_then(|q| parse_milli(&q.0).ok()).map(|v| v as i64),
+            _ => q.and_then(|q| parse_units(&q.0).ok()),
+        };
+        value.unwrap_or(0)
+    };
+    let mut fits = |resource: Resource, requested: i64, used: i64| {
+        let capacity = capacity(resource);
+        if capacity < requested + used {
+            let name = resource.name();
+            failures.push(Failure {
+                rejection: Rejection {
+                    reason: format!("OutOf{name}"),
+                    message: format!(
+                        "Node didn't have enough resource: {name}, requested: {requested}, used: {used}, capacity: {capacity}"
+                    ),
+                },
+                shortfall: Some((resource, requested - (capacity - used))),
+            });
+        }
+    };
+    fits(Resource::Pods, 1, active.len() as i64);
     let want = Requests::of_pod(pod);
+    // Upstream checks only the pod count for a pod that requests nothing.
     if want != Requests::default() {
         let mut used = Requests::default();
         for p in active {
@@ -113,29 +174,22 @@ pub fn admit(pod: &Pod, node: &Node, active: &[&Pod]) -> Result<(), Rejection> {
             used.memory += r.memory;
             used.ephemeral_storage += r.ephemeral_storage;
         }
-        let cpu = allocatable
-            .and_then(|a| a.get("cpu"))
-            .and_then(|q| parse_milli(&q.0).ok())
-            .unwrap_or(0) as i64;
-        if cpu < want.milli_cpu + used.milli_cpu {
-            return Err(insufficient("cpu", want.milli_cpu, used.milli_cpu, cpu));
-        }
-        let memory = units("memory");
-        if memory < want.memory + used.memory {
-            return Err(insufficient("memory", want.memory, used.memory, memory));
-        }
-        let storage = units("ephemeral-storage");
-        if storage < want.ephemeral_storage + used.ephemeral_storage {
-            return Err(insufficient(
-                "ephemeral-storage",
-                want.ephemeral_storage,
-                used.ephemeral_storage,
-                storage,
-            ));
-        }
+        fits(Resource::Cpu, want.milli_cpu, used.milli_cpu);
+        fits(Resource::Memory, want.memory, used.memory);
+        fits(
+            Resource::EphemeralStorage,
+            want.ephemeral_storage,
+            used.ephemeral_storage,
+        );
     }
+    let mut predicate = |name: &str| {
+        failures.push(Failure {
+            rejection: Rejection::predicate(name),
+            shortfall: None,
+        })
+    };
     if !matches_node_selector_and_affinity(pod, node) {
-        return Err(Rejection::predicate("NodeAffinity"));
+        predicate("NodeAffinity");
     }
     let spec = pod.spec.as_ref();
     let node_name = node.metadata.name.as_deref().unwrap_or_default();
@@ -143,16 +197,16 @@ pub fn admit(pod: &Pod, node: &Node, active: &[&Pod]) -> Result<(), Rejection> {
         .and_then(|s| s.node_name.as_deref())
         .is_some_and(|n| !n.is_empty() && n != node_name)
     {
-        return Err(Rejection::predicate("NodeName"));
+        predicate("NodeName");
     }
     let used_ports: Vec<HostPort> = active.iter().flat_map(|p| host_ports(p)).collect();
     if host_ports(pod)
         .iter()
         .any(|want| used_ports.iter().any(|u| u.conflicts(want)))
     {
-        return Err(Rejection::predicate("NodePorts"));
+        predicate("NodePorts");
     }
-    Ok(())
+    failures
 }
 
 /// upstream's PodMatchesNodeSelectorAndAffinityTerms: every nodeSelector label, and
@@ -280,6 +334,32 @@ mod tests {
 
     fn cpu(q: &str) -> Pod {
         pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": q}}}]}))
+    }
+
+    #[test]
+    fn every_failure_is_listed_with_what_is_missing() {
+        let n = node();
+        let running = cpu("1");
+        let greedy = pod(json!({
+            "nodeSelector": {"disk": "hdd"},
+            "containers": [{"name": "c", "resources": {"requests": {"cpu": "1500m", "memory": "2Gi"}}}],
+        }));
+        let failures = check(&greedy, &n, &[&running, &running, &running]);
+        let reasons: Vec<&str> = failures
+            .iter()
+            .map(|f| f.rejection.reason.as_str())
+            .collect();
+        assert_eq!(
+            reasons,
+            ["OutOfpods", "OutOfcpu", "OutOfmemory", "NodeAffinity"]
+        );
+        assert_eq!(failures[0].shortfall, Some((Resource::Pods, 1)));
+        // 1500m wanted, 3000m used of 2000m.
+        assert_eq!(failures[1].shortfall, Some((Resource::Cpu, 2500)));
+        assert_eq!(failures[2].shortfall, Some((Resource::Memory, 1 << 30)));
+        assert_eq!(failures[3].shortfall, None);
+        assert_eq!(Resource::Cpu.request_of(&greedy), 1500);
+        assert_eq!(Resource::Pods.request_of(&greedy), 1);
     }
 
     #[test]

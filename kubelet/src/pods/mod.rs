@@ -9,6 +9,7 @@ pub(crate) mod events;
 pub mod fieldpath;
 mod lifecycle;
 pub mod mirror;
+mod preemption;
 mod pull_secrets;
 pub mod sources;
 mod spec;
@@ -218,32 +219,78 @@ impl Dispatcher {
             let _ = tx.send(Some(pod));
             return;
         }
-        if self.rejected.contains(&uid) || never_ran(&pod) {
+        if self.rejected.contains(&uid) || never_ran(&pod) || !self.admitted(&pod).await {
             return;
         }
-        if needs_admission(&pod) {
-            let active: Vec<Pod> = ctx
-                .view
-                .pods()
-                .into_iter()
-                .filter(|p| {
-                    let id = p.metadata.uid.as_deref().unwrap_or_default();
-                    self.workers.contains_key(id) && !terminal(p)
-                })
-                .collect();
-            if let Err(r) = admit(ctx, &self.node_name, &pod, &active).await {
-                reject(ctx, &pod, r).await;
-                // Refused on a re-admission after a restart: what it ran here is
-                // killed and removed, as upstream kills rejected pods.
-                if crate::volumes::pod_uids(&ctx.root_dir).contains(&uid) {
-                    drop(spawn_worker(ctx, uid.clone(), None));
-                }
-                self.rejected.insert(uid);
-                return;
-            }
-        }
+        let ctx = &self.ctx;
         let tx = spawn_worker(ctx, uid.clone(), Some(pod));
         self.workers.insert(uid, tx);
+    }
+
+    /// Admission of a pod new to this kubelet, as upstream's HandlePodAdditions: checked
+    /// against the pods already admitted and not terminated; a critical pod may evict
+    /// others first. A refused pod is failed and remembered, and torn down if an
+    /// earlier run of this kubelet ran it. Returns whether to start it.
+    async fn admitted(&mut self, pod: &Pod) -> bool {
+        if !needs_admission(pod) {
+            return true;
+        }
+        let active: Vec<Pod> = self
+            .ctx
+            .view
+            .pods()
+            .into_iter()
+            .filter(|p| {
+                let id = p.metadata.uid.as_deref().unwrap_or_default();
+                self.workers.get(id).is_some_and(|tx| !tx.is_closed()) && !terminal(p)
+            })
+            .collect();
+        match admit(&self.ctx, &self.node_name, pod, &active).await {
+            Ok(victims) => {
+                for victim in victims {
+                    self.preempt(&victim, pod).await;
+                }
+                true
+            }
+            Err(r) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                reject(&self.ctx, pod, r).await;
+                // Refused on a re-admission after a restart: what it ran here is
+                // killed and removed, as upstream kills rejected pods.
+                if crate::volumes::pod_uids(&self.ctx.root_dir).contains(&uid) {
+                    drop(spawn_worker(&self.ctx, uid.clone(), None));
+                }
+                self.rejected.insert(uid);
+                false
+            }
+        }
+    }
+
+    /// upstream's preemption kill: the victim's containers are stopped before the
+    /// critical pod starts, and it ends Failed (reason Preempting), left in the API for
+    /// its controller to replace.
+    async fn preempt(&mut self, victim: &Pod, critical: &Pod) {
+        let uid = victim.metadata.uid.clone().unwrap_or_default();
+        tracing::info!(pod = %static_pods::full_name(victim), critical = %static_pods::full_name(critical), "preempting a pod to admit a critical pod");
+        events::warn(
+            &self.ctx.client,
+            victim,
+            preemption::REASON,
+            preemption::MESSAGE,
+        )
+        .await;
+        self.rejected.insert(uid.clone());
+        if let Some(tx) = self.workers.remove(&uid) {
+            let _ = tx.send(None);
+            // Bounded: a runtime that hangs must not stop every other pod's admission.
+            if tokio::time::timeout(PREEMPTION_WAIT, tx.closed())
+                .await
+                .is_err()
+            {
+                tracing::warn!(pod = %static_pods::full_name(victim), "the preempted pod is still stopping; admitting the critical pod anyway");
+            }
+        }
+        write_failed(&self.ctx, victim, preemption::REASON, preemption::MESSAGE).await;
     }
 
     /// A mirror pod was created, changed or deleted: the static pod's worker syncs at
@@ -330,10 +377,12 @@ impl Dispatcher {
             self.ctx
                 .view
                 .update(|v| drop(v.insert(uid.clone(), pod.clone())));
-            // Static pods are critical upstream, admitted by preempting others if need
-            // be; with no preemption here they are admitted as they are.
-            let tx = spawn_worker(&self.ctx, uid.clone(), Some(pod.clone()));
-            self.workers.insert(uid.clone(), tx);
+            // Admitted through the same checks as API pods (upstream's); a refused one
+            // stays known, without a worker, so its mirror is not an orphan.
+            if self.admitted(&pod).await {
+                let tx = spawn_worker(&self.ctx, uid.clone(), Some(pod.clone()));
+                self.workers.insert(uid.clone(), tx);
+            }
             self.static_pods.insert(uid, pod);
         }
         self.delete_orphaned_mirrors().await;
@@ -361,25 +410,38 @@ fn needs_admission(pod: &Pod) -> bool {
     !terminal(pod) && pod.metadata.deletion_timestamp.is_none()
 }
 
-/// Checks `pod` against the Node as the API has it and the `active` admitted pods. A
-/// Node that cannot be read admits the pod: refusing work for a transient API error
-/// would fail pods for good.
+/// How long admission waits for the Node before admitting without it.
+const NODE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a preemption waits for the evicted pod's worker to stop it.
+const PREEMPTION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Checks `pod` against the Node as the API has it and the `active` admitted pods;
+/// `Ok` holds the pods to evict first (a critical pod's preemption). A Node that
+/// cannot be read admits the pod: refusing work for a transient API error would fail
+/// pods for good.
 async fn admit(
     ctx: &PodContext,
     node_name: &str,
     pod: &Pod,
     active: &[Pod],
-) -> Result<(), admission::Rejection> {
+) -> Result<Vec<Pod>, admission::Rejection> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let node = match nodes.get(node_name).await {
-        Ok(n) => n,
-        Err(e) => {
+    // Bounded: static pods must start while the API server is unreachable (upstream
+    // reads a cache, never the network, here).
+    let node = match tokio::time::timeout(NODE_READ_TIMEOUT, nodes.get(node_name)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "reading the Node for pod admission; admitting");
-            return Ok(());
+            return Ok(Vec::new());
+        }
+        Err(_) => {
+            tracing::warn!("reading the Node for pod admission timed out; admitting");
+            return Ok(Vec::new());
         }
     };
     let active: Vec<&Pod> = active.iter().collect();
-    admission::admit(pod, &node, &active)
+    let failures = admission::check(pod, &node, &active);
+    preemption::resolve(pod, failures, &active).map(|v| v.into_iter().cloned().collect())
 }
 
 /// upstream's rejectPod: a Warning event with the reason, and the pod Failed with
@@ -387,21 +449,34 @@ async fn admit(
 async fn reject(ctx: &PodContext, pod: &Pod, r: admission::Rejection) {
     tracing::info!(pod = ?pod.metadata.name, reason = %r.reason, message = %r.message, "pod not admitted");
     events::warn(&ctx.client, pod, &r.reason, &r.message).await;
+    write_failed(ctx, pod, &r.reason, &format!("Pod {}", r.message)).await;
+}
+
+/// Writes the pod's status as Failed for `reason`. A static pod's status goes to its
+/// mirror (preconditioned on the mirror's UID), if it has one: a static pod refused
+/// before it ever ran has none, as upstream only creates mirrors for running pods.
+async fn write_failed(ctx: &PodContext, pod: &Pod, reason: &str, message: &str) {
+    let mut patch = serde_json::json!({"status": {
+        "phase": "Failed",
+        "reason": reason,
+        "message": message,
+    }});
+    if static_pods::is_static(pod) {
+        let Some(mirror) = ctx.mirrors.of(pod) else {
+            return;
+        };
+        patch["metadata"] = serde_json::json!({"uid": mirror.metadata.uid});
+    }
     let api: Api<Pod> = Api::namespaced(
         ctx.client.clone(),
         pod.metadata.namespace.as_deref().unwrap_or("default"),
     );
-    let status = serde_json::json!({"status": {
-        "phase": "Failed",
-        "reason": r.reason,
-        "message": format!("Pod {}", r.message),
-    }});
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     if let Err(e) = api
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
     {
-        tracing::warn!(error = %e, "writing the status of a rejected pod");
+        tracing::warn!(error = %e, "writing the status of a pod that is not to run");
     }
 }
 

@@ -43,9 +43,11 @@ impl ServingStatus {
 
 pub const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 
-/// One Check of `service` at `addr` (`host:port`), all within `timeout`.
+/// One Check of `service` at `addr` (`host:port`), all within `timeout`: one budget
+/// for connecting and the call, as upstream's one context for both.
 pub async fn check(addr: &str, service: &str, timeout: Duration) -> Outcome {
     let secs = timeout.as_secs();
+    let deadline_at = tokio::time::Instant::now() + timeout;
     let connect = async {
         Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| e.to_string())?
@@ -55,7 +57,7 @@ pub async fn check(addr: &str, service: &str, timeout: Duration) -> Outcome {
             .await
             .map_err(|e| format!("{e:?}"))
     };
-    let channel = match tokio::time::timeout(timeout, connect).await {
+    let channel = match tokio::time::timeout_at(deadline_at, connect).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             return Outcome::Failure(format!(
@@ -76,7 +78,7 @@ pub async fn check(addr: &str, service: &str, timeout: Duration) -> Outcome {
         let mut request = tonic::Request::new(HealthCheckRequest {
             service: service.to_string(),
         });
-        request.set_timeout(timeout);
+        request.set_timeout(deadline_at.saturating_duration_since(tokio::time::Instant::now()));
         grpc.unary::<_, HealthCheckResponse, _>(
             request,
             http::uri::PathAndQuery::from_static(CHECK_PATH),
@@ -84,9 +86,12 @@ pub async fn check(addr: &str, service: &str, timeout: Duration) -> Outcome {
         )
         .await
     };
-    let response = match tokio::time::timeout(timeout, call).await {
+    let response = match tokio::time::timeout_at(deadline_at, call).await {
         Err(_) => return deadline(secs),
         Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => return deadline(secs),
+        // The server gave up on the grpc-timeout we sent (tonic answers Cancelled
+        // then) just as our own deadline passed: upstream's client reports its own.
+        Ok(Err(_)) if tokio::time::Instant::now() >= deadline_at => return deadline(secs),
         Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
             return Outcome::Failure(format!(
                 "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
@@ -128,8 +133,8 @@ mod tests {
     use futures::future::BoxFuture;
     use tonic::transport::server::TcpIncoming;
 
-    /// A grpc.health.v1 server answering `serving` for "" and SERVICE_UNKNOWN for
-    /// any other service.
+    /// A grpc.health.v1 server answering SERVING for "", NOT_SERVING for "sick",
+    /// after 3 s for "slow", and SERVICE_UNKNOWN for any other service.
     #[derive(Clone)]
     struct Health;
 
@@ -148,6 +153,10 @@ mod tests {
                     let status = match r.get_ref().service.as_str() {
                         "" => ServingStatus::Serving,
                         "sick" => ServingStatus::NotServing,
+                        "slow" => {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            ServingStatus::Serving
+                        }
                         _ => ServingStatus::ServiceUnknown,
                     };
                     Ok::<_, tonic::Status>(tonic::Response::new(HealthCheckResponse {
@@ -165,15 +174,57 @@ mod tests {
         const NAME: &'static str = "grpc.health.v1.Health";
     }
 
-    #[tokio::test]
-    async fn checks_read_the_serving_status() {
+    /// Serves `router` on a free loopback port; returns its address and task.
+    fn serve(router: tonic::transport::server::Router) -> (String, tokio::task::JoinHandle<()>) {
         let incoming = TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = incoming.local_addr().unwrap().to_string();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(Health)
-                .serve_with_incoming(incoming),
+        let task = tokio::spawn(async move {
+            let _ = router.serve_with_incoming(incoming).await;
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_server_without_the_health_service_is_unimplemented() {
+        // A gRPC server with no services: every method is unimplemented.
+        let no_services = tonic::service::Routes::default();
+        let (addr, server) = serve(tonic::transport::Server::builder().add_routes(no_services));
+        match check(&addr, "", Duration::from_secs(2)).await {
+            Outcome::Failure(m) => assert!(
+                m.starts_with(
+                    "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): "
+                ),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_check_slower_than_the_timeout_times_out() {
+        let (addr, server) = serve(tonic::transport::Server::builder().add_service(Health));
+        let started = std::time::Instant::now();
+        assert_eq!(
+            check(&addr, "slow", Duration::from_secs(1)).await,
+            Outcome::Failure("timeout: health rpc did not complete within 1s".into())
         );
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        // Nothing listening and nothing answering within the timeout: a TCP accept
+        // that never completes the HTTP/2 handshake.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        match check(&silent_addr, "", Duration::from_secs(1)).await {
+            Outcome::Failure(m) => assert!(m.starts_with("timeout: ") && m.contains("1s"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn checks_read_the_serving_status() {
+        let (addr, server) = serve(tonic::transport::Server::builder().add_service(Health));
         let t = Duration::from_secs(2);
         assert_eq!(check(&addr, "", t).await, Outcome::Success);
         assert_eq!(

@@ -41,6 +41,9 @@ use authn::{Authenticator, UserInfo};
 use authz::{Attributes, Authorizer};
 use response::Body;
 use routes::Route;
+pub use tls::ServingCert;
+#[cfg(test)]
+pub(crate) use tls::self_signed_for_tests;
 
 /// A client that does not finish the TLS handshake in this time is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +64,7 @@ struct Context {
 pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    serving: Arc<ServingCert>,
     context: Arc<Context>,
 }
 
@@ -77,7 +81,7 @@ impl Server {
             .node_ip
             .map(|ip| ip.to_string())
             .unwrap_or_else(|| settings.node_name.clone());
-        let tls = tls::server_config(&settings.server, &settings.cert_dir, &host)?;
+        let (tls, serving) = tls::server_config(&settings.server, &settings.cert_dir, &host)?;
         let addr = SocketAddr::new(settings.address, settings.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -87,6 +91,7 @@ impl Server {
         Ok(Server {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
+            serving,
             context: Arc::new(Context {
                 node_name: settings.node_name.clone(),
                 stats: stats::Collector::new(settings.root_dir.clone()),
@@ -100,6 +105,11 @@ impl Server {
                 pods,
             }),
         })
+    }
+
+    /// The certificate being served, for serverTLSBootstrap to replace.
+    pub fn serving_cert(&self) -> Arc<ServingCert> {
+        self.serving.clone()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -1,16 +1,18 @@
 //! The server's TLS configuration: its certificate (configured, or self-signed and
-//! kept in `--cert-dir` as upstream does) and optional client-certificate checking
-//! against `clientCAFile`.
+//! kept in `--cert-dir` as upstream does, until serverTLSBootstrap replaces it with
+//! an issued one) and optional client-certificate checking against `clientCAFile`.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result, bail};
 use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 
 use crate::config::ServerSettings;
 
@@ -18,27 +20,90 @@ use crate::config::ServerSettings;
 const SELF_SIGNED_CERT: &str = "kubelet.crt";
 const SELF_SIGNED_KEY: &str = "kubelet.key";
 
-/// Builds the rustls configuration. `host_name` goes into a self-signed
-/// certificate's subject alternative names.
+/// The certificate the server presents, swappable while it serves: a new handshake
+/// gets the certificate of the moment, open connections keep theirs.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServingCert {
+    /// Serves the pair in `pem` (certificate chain and key, in any order) from now on.
+    /// A pair that does not load, or whose key does not match, changes nothing.
+    pub fn replace_pem(&self, pem: &[u8]) -> Result<()> {
+        let key = certified_key(pem, pem, &self.provider)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+        Ok(())
+    }
+
+    /// The leaf certificate being served.
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).cert[0].clone()
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The chain in `chain_pem` and the key in `key_pem`, checked to belong together.
+fn certified_key(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<_, _>>()
+        .context("the certificate is not PEM")?;
+    if chain.is_empty() {
+        bail!("no certificate in it");
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("no private key in it")?;
+    CertifiedKey::from_der(chain, key, provider)
+        .context("the serving certificate does not match its key")
+}
+
+/// Builds the rustls configuration and the handle to swap its certificate.
+/// `host_name` goes into a self-signed certificate's subject alternative names.
 pub fn server_config(
     settings: &ServerSettings,
     cert_dir: &Path,
     host_name: &str,
-) -> Result<rustls::ServerConfig> {
+) -> Result<(rustls::ServerConfig, Arc<ServingCert>)> {
     let (cert_file, key_file) = match (&settings.tls_cert_file, &settings.tls_private_key_file) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
         _ => ensure_self_signed(cert_dir, host_name)?,
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_file)
-        .and_then(|certs| certs.collect())
-        .with_context(|| format!("reading the serving certificate {}", cert_file.display()))?;
-    if chain.is_empty() {
-        bail!("no certificate in {}", cert_file.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_file)
-        .with_context(|| format!("reading the serving key {}", key_file.display()))?;
-
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("reading the serving {what} {}", path.display()))
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = certified_key(
+        &read(&cert_file, "certificate")?,
+        &read(&key_file, "key")?,
+        &provider,
+    )
+    .with_context(|| {
+        format!(
+            "loading the serving certificate {} and key {}",
+            cert_file.display(),
+            key_file.display()
+        )
+    })?;
+    let serving = Arc::new(ServingCert {
+        current: RwLock::new(Arc::new(key)),
+        provider: provider.clone(),
+    });
+
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
@@ -65,12 +130,18 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .context("the serving certificate does not match its key")?;
+    let mut config = builder.with_cert_resolver(serving.clone());
     // Upgrades (exec, attach, port-forward) are HTTP/1.1 only.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, serving))
+}
+
+/// A server certificate handle over a self-signed pair in `cert_dir`.
+#[cfg(test)]
+pub(crate) fn self_signed_for_tests(cert_dir: &Path) -> Arc<ServingCert> {
+    server_config(&tests::settings(), cert_dir, "node-a")
+        .unwrap()
+        .1
 }
 
 /// The self-signed pair in `cert_dir`, created on first start and reused afterwards
@@ -148,7 +219,7 @@ mod tests {
     use super::*;
     use crate::config::AuthorizationMode;
 
-    fn settings() -> ServerSettings {
+    pub(super) fn settings() -> ServerSettings {
         ServerSettings {
             enabled: true,
             tls_cert_file: None,
@@ -177,6 +248,32 @@ mod tests {
             std::fs::read(dir.path().join(SELF_SIGNED_CERT)).unwrap(),
             first
         );
+    }
+
+    #[test]
+    fn the_served_certificate_is_swapped_only_for_a_matching_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, serving) = server_config(&settings(), dir.path(), "node-a").unwrap();
+        let self_signed = serving.leaf();
+        let (cert, key) = self_signed_pem("10.1.2.3").unwrap();
+        serving
+            .replace_pem(format!("{cert}{key}").as_bytes())
+            .unwrap();
+        let swapped = serving.leaf();
+        assert_ne!(swapped, self_signed);
+        let names = crate::server::x509_name::subject_alt_names(&swapped).unwrap();
+        assert_eq!(
+            names.ip_addresses,
+            ["10.1.2.3".parse::<std::net::IpAddr>().unwrap()]
+        );
+
+        let (_, other_key) = self_signed_pem("10.1.2.3").unwrap();
+        let err = serving
+            .replace_pem(format!("{cert}{other_key}").as_bytes())
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("does not match"), "{err:#}");
+        assert!(serving.replace_pem(b"garbage").is_err());
+        assert_eq!(serving.leaf(), swapped, "a bad pair changes nothing");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! subject's CommonName as user name and its Organizations as groups. rustls has
 //! already verified the chain; this only reads the subject, with a minimal DER walk
 //! (the certificate structure up to the subject is fixed by RFC 5280). The validity
-//! period, read the same way, tells the TLS bootstrap when a client certificate expires.
+//! period, read the same way, tells the TLS bootstrap when a client certificate expires,
+//! and the subject alternative names whether a serving certificate still covers the
+//! node's addresses.
 
 /// Subject fields of interest, in certificate order.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -11,7 +13,15 @@ pub struct Subject {
     pub organizations: Vec<String>,
 }
 
+/// The DNS names and IP addresses a certificate is valid for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SubjectAltNames {
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<std::net::IpAddr>,
+}
+
 const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+const OID_SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 const OID_ORGANIZATION: &[u8] = &[0x55, 0x04, 0x0a];
 
 /// One DER element: its tag and contents, and the bytes after it.
@@ -122,6 +132,71 @@ pub fn subject(cert_der: &[u8]) -> Option<Subject> {
     Some(subject)
 }
 
+/// Reads the subjectAltName extension's DNS names and IP addresses (empty without
+/// one); `None` if the certificate is not well-formed.
+pub fn subject_alt_names(cert_der: &[u8]) -> Option<SubjectAltNames> {
+    const EXTENSIONS: u8 = 0xa3;
+    const OCTET_STRING: u8 = 0x04;
+    const DNS_NAME: u8 = 0x82;
+    const IP_ADDRESS: u8 = 0x87;
+    let mut rest = tbs_fields(cert_der)?;
+    // serial, signature algorithm, issuer, validity, subject, subjectPublicKeyInfo;
+    // then the optional unique IDs ([1], [2]) and extensions ([3]).
+    for _ in 0..6 {
+        rest = element(rest)?.2;
+    }
+    let mut names = SubjectAltNames::default();
+    while !rest.is_empty() {
+        let (tag, value, next) = element(rest)?;
+        rest = next;
+        if tag != EXTENSIONS {
+            continue;
+        }
+        let (SEQUENCE, mut extensions, _) = element(value)? else {
+            return None;
+        };
+        while !extensions.is_empty() {
+            let (SEQUENCE, extension, next) = element(extensions)? else {
+                return None;
+            };
+            extensions = next;
+            let (_, oid, mut fields) = element(extension)?;
+            if oid != OID_SUBJECT_ALT_NAME {
+                continue;
+            }
+            // The optional `critical` BOOLEAN, then the OCTET STRING holding the value.
+            let mut octets = None;
+            while !fields.is_empty() {
+                let (tag, value, next) = element(fields)?;
+                fields = next;
+                if tag == OCTET_STRING {
+                    octets = Some(value);
+                }
+            }
+            let (SEQUENCE, mut general_names, _) = element(octets?)? else {
+                return None;
+            };
+            while !general_names.is_empty() {
+                let (tag, value, next) = element(general_names)?;
+                general_names = next;
+                match (tag, value.len()) {
+                    (DNS_NAME, _) => names
+                        .dns_names
+                        .push(String::from_utf8_lossy(value).into_owned()),
+                    (IP_ADDRESS, 4) => names
+                        .ip_addresses
+                        .push(<[u8; 4]>::try_from(value).ok()?.into()),
+                    (IP_ADDRESS, 16) => names
+                        .ip_addresses
+                        .push(<[u8; 16]>::try_from(value).ok()?.into()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +231,36 @@ mod tests {
         // 2051 is past UTCTime's range: GeneralizedTime, 2020 UTCTime.
         assert_eq!(validity(cert.der()), Some((1_577_923_200, 2_561_500_800)));
         assert_eq!(validity(b"\x30\x00"), None);
+    }
+
+    #[test]
+    fn reads_dns_and_ip_subject_alt_names() {
+        let mut params = rcgen::CertificateParams::new(vec!["node-a".into()]).unwrap();
+        params.subject_alt_names.extend([
+            rcgen::SanType::IpAddress("10.0.0.7".parse().unwrap()),
+            rcgen::SanType::IpAddress("fd00::7".parse().unwrap()),
+            rcgen::SanType::URI("spiffe://x".try_into().unwrap()),
+        ]);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let names = subject_alt_names(cert.der()).unwrap();
+        assert_eq!(names.dns_names, ["node-a"]);
+        assert_eq!(
+            names.ip_addresses,
+            [
+                "10.0.0.7".parse::<std::net::IpAddr>().unwrap(),
+                "fd00::7".parse().unwrap()
+            ]
+        );
+        let bare = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(
+            subject_alt_names(bare.der()),
+            Some(SubjectAltNames::default())
+        );
+        assert_eq!(subject_alt_names(b"\x30\x00"), None);
     }
 
     #[test]
