@@ -70,7 +70,7 @@ impl Runtime {
                 "image {image_name:?} is not present: pull it first"
             ))
         })?;
-        let _guard = self.lock.lock().await;
+        let _guard = self.locks.lock(format!("sandbox/{}", sandbox.id)).await;
         if let Some(dup) = self.containers.list().into_iter().find(|c| {
             c.sandbox_id == sandbox.id
                 && c.config

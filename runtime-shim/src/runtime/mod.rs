@@ -3,6 +3,7 @@
 
 mod containers;
 mod exec;
+mod keyed_locks;
 mod sandboxes;
 
 use std::path::{Path, PathBuf};
@@ -82,8 +83,8 @@ pub struct Runtime {
     pub(crate) oci: Arc<dyn OciRuntime>,
     pub(crate) cni_conf_dir: PathBuf,
     pub(crate) cni: crate::sandbox::cni::Cni,
-    /// Serialises create/remove of the same pod or container (retries of one request).
-    pub(crate) lock: tokio::sync::Mutex<()>,
+    /// Serialises requests about the same pod or sandbox (retries of one request).
+    pub(crate) locks: keyed_locks::KeyedLocks,
 }
 
 impl Runtime {
@@ -104,7 +105,7 @@ impl Runtime {
             oci,
             cni_conf_dir: cni_conf_dir.to_path_buf(),
             cni,
-            lock: tokio::sync::Mutex::new(()),
+            locks: keyed_locks::KeyedLocks::default(),
         })
     }
 

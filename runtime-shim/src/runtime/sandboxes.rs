@@ -32,7 +32,13 @@ impl Runtime {
                 "sandbox metadata needs name, namespace and uid".into(),
             ));
         }
-        let _guard = self.lock.lock().await;
+        let _guard = self
+            .locks
+            .lock(format!(
+                "pod/{}/{}/{}/{}",
+                meta.namespace, meta.name, meta.uid, meta.attempt
+            ))
+            .await;
         // A kubelet that timed out and retried gets the sandbox it already has.
         if let Some(existing) = self
             .sandboxes
@@ -138,7 +144,7 @@ impl Runtime {
                 self.stop_container(&c.id, 0).await?;
             }
         }
-        let _guard = self.lock.lock().await;
+        let _guard = self.locks.lock(format!("sandbox/{}", rec.id)).await;
         if let Some(net) = &rec.network {
             self.detach_network(net).await?;
             self.sandboxes.update(&rec.id, |r| r.network = None)?;
@@ -224,7 +230,7 @@ impl Runtime {
                 self.remove_container(&c.id).await?;
             }
         }
-        let _guard = self.lock.lock().await;
+        let _guard = self.locks.lock(format!("sandbox/{}", rec.id)).await;
         if let Some(net) = &rec.network {
             self.detach_network(net).await?;
         }

@@ -30,7 +30,10 @@ async fn main() -> anyhow::Result<()> {
     let socket = arg("--socket").ok_or_else(|| anyhow::anyhow!("--socket PATH is required"))?;
     if std::env::args().any(|a| a == "--remove-all") {
         let channel = connect(std::path::Path::new(&socket)).await?;
-        return remove_all(&mut runtime_service_client::RuntimeServiceClient::new(channel)).await;
+        return remove_all(&mut runtime_service_client::RuntimeServiceClient::new(
+            channel,
+        ))
+        .await;
     }
     let image = arg("--image").ok_or_else(|| anyhow::anyhow!("--image IMAGE is required"))?;
     let count: usize = arg("--count").map(|c| c.parse()).transpose()?.unwrap_or(20);
