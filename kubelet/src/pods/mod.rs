@@ -11,6 +11,7 @@ mod lifecycle;
 pub mod mirror;
 mod preemption;
 mod pull_secrets;
+mod qos;
 pub mod sources;
 mod spec;
 pub mod static_pods;

@@ -5,13 +5,11 @@
 //! with upstream's `UnexpectedAdmissionError`. A failure other than resources (node
 //! selector, host ports, ...) refuses it as any pod.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::Pod;
 
 use super::admission::{Failure, Rejection, Resource};
+use super::qos::{Qos, qos};
 use super::static_pods;
-use crate::quantity::{parse_milli, parse_units};
 
 /// Upstream's event reason and status reason for a pod evicted to make room.
 pub const REASON: &str = "Preempting";
@@ -174,58 +172,6 @@ fn by_distance(mut pods: Vec<&Pod>, mut needed: Requirements) -> Result<Vec<&Pod
     Ok(out)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Qos {
-    BestEffort,
-    Burstable,
-    Guaranteed,
-}
-
-/// upstream's GetPodQOS over cpu and memory: no requests or limits anywhere is
-/// BestEffort; limits for both on every container, equal to the requests, is
-/// Guaranteed; anything else Burstable.
-fn qos(pod: &Pod) -> Qos {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Qos::BestEffort;
-    };
-    let mut requests: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut limits: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut guaranteed = true;
-    let value = |name: &str, q: &str| match name {
-        "cpu" => parse_milli(q).ok().map(|v| v as i64),
-        _ => parse_units(q).ok(),
-    };
-    for c in spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-    {
-        let r = c.resources.as_ref();
-        let mut limited = 0;
-        for name in ["cpu", "memory"] {
-            let request = r
-                .and_then(|r| r.requests.as_ref())
-                .and_then(|m| m.get(name));
-            if let Some(v) = request.and_then(|q| value(name, &q.0)).filter(|v| *v != 0) {
-                *requests.entry(name).or_default() += v;
-            }
-            let limit = r.and_then(|r| r.limits.as_ref()).and_then(|m| m.get(name));
-            if let Some(v) = limit.and_then(|q| value(name, &q.0)).filter(|v| *v != 0) {
-                *limits.entry(name).or_default() += v;
-                limited += 1;
-            }
-        }
-        guaranteed &= limited == 2;
-    }
-    if requests.is_empty() && limits.is_empty() {
-        Qos::BestEffort
-    } else if guaranteed && requests.iter().all(|(k, v)| limits.get(k) == Some(v)) {
-        Qos::Guaranteed
-    } else {
-        Qos::Burstable
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,32 +205,6 @@ mod tests {
             },
             shortfall: Some((resource, q)),
         }
-    }
-
-    #[test]
-    fn qos_classes_follow_upstream() {
-        assert_eq!(qos(&pod("a", json!({}), None)), Qos::BestEffort);
-        assert_eq!(
-            qos(&pod("a", json!({"requests": {"cpu": "1"}}), None)),
-            Qos::Burstable
-        );
-        let both = json!({"cpu": "1", "memory": "1Gi"});
-        assert_eq!(
-            qos(&pod("a", json!({"requests": both, "limits": both}), None)),
-            Qos::Guaranteed
-        );
-        assert_eq!(
-            qos(&pod("a", json!({"limits": both}), None)),
-            Qos::Guaranteed
-        );
-        assert_eq!(
-            qos(&pod(
-                "a",
-                json!({"requests": {"cpu": "500m"}, "limits": both}),
-                None
-            )),
-            Qos::Burstable
-        );
     }
 
     #[test]

@@ -305,7 +305,7 @@ pub fn pod_status(inputs: &StatusInputs<'_>) -> Value {
         "hostIP": inputs.host_ip,
         "startTime": inputs.start_time,
         "containerStatuses": statuses,
-        "qosClass": "BestEffort",
+        "qosClass": super::qos::qos(inputs.pod).as_str(),
     });
     // No address before the sandbox exists (volumes still being set up).
     if !inputs.pod_ip.is_empty() {
