@@ -100,11 +100,15 @@ held_pss() {
     wait "$pid"
 }
 log "containerd: memory with $HOLD pods"
-read -r c_daemon c_pods c_n < <(held_pss "$WORK/containerd/containerd.sock" \
+# Not `read < <(held_pss ...)`: read would return at the echo, before held_pss has waited
+# for the pods' removal, and the next step (or the teardown) would race with it.
+held_pss "$WORK/containerd/containerd.sock" \
     "$(grep '^CONTAINERD_PID=' "$WORK/containerd/env" | cut -d= -f2)" \
-    "containerd-shim-runc-v2 .*-address $WORK/containerd/containerd.sock")
+    "containerd-shim-runc-v2 .*-address $WORK/containerd/containerd.sock" >"$WORK/held.containerd"
+read -r c_daemon c_pods c_n <"$WORK/held.containerd"
 log "runtime-shim: memory with $HOLD pods"
-read -r s_daemon s_pods s_n < <(held_pss "$WORK/shim/cri.sock" "$SHIM_PID" "__monitor.*$WORK/shim/")
+held_pss "$WORK/shim/cri.sock" "$SHIM_PID" "__monitor.*$WORK/shim/" >"$WORK/held.shim"
+read -r s_daemon s_pods s_n <"$WORK/held.shim"
 echo
 echo "PSS with $HOLD pods running"
 printf '%-28s %12s %12s %8s\n' "" containerd runtime-shim ratio
