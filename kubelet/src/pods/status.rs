@@ -440,6 +440,22 @@ mod tests {
     }
 
     #[test]
+    fn qos_class_is_the_pods_own() {
+        let (health, waiting) = (HashMap::new(), HashMap::new());
+        let view = RuntimeView::new();
+        let best_effort = two_containers();
+        let status = pod_status(&inputs_for(&best_effort, &view, &health, &waiting, false));
+        assert_eq!(status["qosClass"], "BestEffort");
+        let burstable: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "a", "resources": {"requests": {"memory": "64Mi"}}}]},
+        }))
+        .unwrap();
+        let status = pod_status(&inputs_for(&burstable, &view, &health, &waiting, false));
+        assert_eq!(status["qosClass"], "Burstable");
+    }
+
+    #[test]
     fn a_terminal_pod_reports_never_started_containers_as_terminated() {
         let pod = two_containers();
         let exited = in_state(cri::ContainerState::ContainerExited);
