@@ -40,6 +40,10 @@ pub struct MonitorSpec {
     pub log_path: PathBuf,
     /// The runc command line that creates the container.
     pub create_argv: Vec<String>,
+    /// The runc command line that deletes it, run once it has exited (absent in the
+    /// specs of monitors started by older daemons).
+    #[serde(default)]
+    pub delete_argv: Vec<String>,
     /// memory cgroup directory of the container, to tell OOM kills apart.
     pub memory_cgroup: Option<PathBuf>,
     /// Where to serve attach.
@@ -255,6 +259,17 @@ fn monitor(spec_json: &str) -> io::Result<()> {
         oom_killed,
     };
     write_atomic(&exit_file(&spec.bundle), &serde_json::to_vec(&rec)?)?;
+    // runc's state and cgroups of an exited container serve nothing; deleting them here,
+    // as containerd's shim deletes its task at the exit, keeps that work off
+    // RemoveContainer. A failure is left to RemoveContainer's forced delete.
+    if let Some((program, args)) = spec.delete_argv.split_first() {
+        let _ = std::process::Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     Ok(())
 }
 

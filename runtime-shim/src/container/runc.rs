@@ -22,6 +22,9 @@ pub trait OciRuntime: Send + Sync {
     async fn kill(&self, id: &str, signal: i32) -> Result<()>;
     /// Deletes the container; succeeds if it does not exist.
     async fn delete(&self, id: &str) -> Result<()>;
+    /// The command line that deletes the container once it has exited; its monitor runs
+    /// it at the exit.
+    fn delete_argv(&self, id: &str, bundle: &Path) -> Vec<String>;
     /// The OCI `status` (`created`, `running`, `stopped`), `None` if unknown to runc.
     async fn status(&self, id: &str) -> Result<Option<String>>;
     /// A command running `args` inside the container (for ExecSync).
@@ -132,12 +135,31 @@ impl OciRuntime for Runc {
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
+        // The monitor has usually deleted it at its exit already: no runc to run then.
+        if !self.root.join(id).exists() {
+            return Ok(());
+        }
         let out = self.run(&["delete", "--force", id]).await?;
         let err = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() && !err.contains("does not exist") {
             bail!("runc delete {id}: {}", err.trim());
         }
         Ok(())
+    }
+
+    fn delete_argv(&self, id: &str, bundle: &Path) -> Vec<String> {
+        [
+            self.binary.as_os_str(),
+            "--root".as_ref(),
+            self.root.as_os_str(),
+            "--log".as_ref(),
+            bundle.join("runc.log").as_os_str(),
+            "delete".as_ref(),
+            id.as_ref(),
+        ]
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
     }
 
     async fn status(&self, id: &str) -> Result<Option<String>> {

@@ -181,6 +181,7 @@ impl Runtime {
                             .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
                             .collect()
                     },
+                    delete_argv: self.oci.delete_argv(&id, &bundle),
                     memory_cgroup: Some(
                         Path::new("/sys/fs/cgroup/memory")
                             .join(built.cgroups_path.trim_start_matches('/')),
@@ -286,6 +287,13 @@ impl Runtime {
             )
             .await;
         }
+        // The monitor deletes the container from runc after the exit; wait for it to be
+        // done so that two deletes never race.
+        wait_monitor_gone(
+            &self.container_dir(&rec.id).join("bundle"),
+            Duration::from_secs(5),
+        )
+        .await;
         self.oci.delete(&rec.id).await?;
         let dir = self.container_dir(&rec.id);
         match umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH) {
@@ -374,13 +382,7 @@ impl Runtime {
         {
             return ContainerStatus::Exited(exit);
         }
-        let monitor_alive = std::fs::read_to_string(monitor::monitor_pid_file(&bundle))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .is_some_and(|pid| {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-            });
-        if !monitor_alive {
+        if !monitor_alive(&bundle) {
             return ContainerStatus::Unknown;
         }
         if rec.started_at.is_some() {
@@ -515,6 +517,21 @@ async fn wait_created(bundle: &Path) -> Result<()> {
                 "container not created after {CREATE_TIMEOUT:?}; monitor log: {log}"
             )));
         }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether the container's monitor process still runs.
+fn monitor_alive(bundle: &Path) -> bool {
+    std::fs::read_to_string(monitor::monitor_pid_file(bundle))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+}
+
+async fn wait_monitor_gone(bundle: &Path, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while monitor_alive(bundle) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
