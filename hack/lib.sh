@@ -150,7 +150,7 @@ sweep_runtime_shim() {
         runc --root "$state/runc" delete --force "$id" >/dev/null 2>&1 || true
         for c in /sys/fs/cgroup/*/runtime-shim/"$id"; do rmdir "$c" 2>/dev/null || true; done
     done
-    for b in "$root"/sandboxes/*.json; do
+    for b in "$root"/sandboxes/*.json "$root"/sandboxes-setup/*.json; do
         [ -f "$b" ] || continue
         id="$(basename "$b" .json)"
         umount "/var/run/netns/runtime-shim-${id:0:16}" 2>/dev/null || true

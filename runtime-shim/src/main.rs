@@ -98,6 +98,7 @@ async fn daemon() -> Result<()> {
         cni,
     )
     .with_context(|| format!("opening runtime state in {}", args.root.display()))?;
+    runtime.recover().await;
     let runtime = Arc::new(runtime);
     let listener = tokio::net::TcpListener::bind(args.stream_address)
         .await

@@ -34,6 +34,16 @@ impl ShimDirs {
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.base.join("net.d")
     }
+    /// A CNI plugin dir of this test's own, searched after the real plugins'.
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.base.join("cni-bin")
+    }
+    pub fn cni_cache_dir(&self) -> PathBuf {
+        self.base.join("cni-cache")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.base.join("state")
+    }
 
     /// A minimal pod `name` in namespace default with a fresh UID, logging below these
     /// dirs.
@@ -63,6 +73,48 @@ impl ShimDirs {
         )?;
         Ok(())
     }
+}
+
+impl ShimDirs {
+    /// A CNI network of Debian's ptp + host-local on `subnet`, followed by plugins of
+    /// the types in `then`; host-local keeps its reservations in the returned dir.
+    pub fn write_ptp_network(&self, subnet: &str, then: &[&str]) -> Result<PathBuf> {
+        let ipam_dir = self.base.join("host-local");
+        let extra: String = then
+            .iter()
+            .map(|t| format!(r#",{{"type":"{t}"}}"#))
+            .collect();
+        std::fs::create_dir_all(self.cni_conf_dir())?;
+        std::fs::write(
+            self.cni_conf_dir().join("10-test.conflist"),
+            format!(
+                r#"{{"cniVersion":"0.4.0","name":"{name}","plugins":[
+                {{"type":"ptp","ipMasq":false,"ipam":{{"type":"host-local","dataDir":"{dir}",
+                  "ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}{extra}]}}"#,
+                name = unique_name("net"),
+                dir = ipam_dir.display(),
+            ),
+        )?;
+        Ok(ipam_dir)
+    }
+}
+
+/// IPs host-local has handed out (one file per IP in its data dir).
+pub fn reserved_ips(ipam_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(ipam_dir)
+        .map(|rd| {
+            rd.flatten()
+                .flat_map(|net| {
+                    std::fs::read_dir(net.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
+                .map(|f| f.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains('.') && !n.starts_with("last_reserved"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Drop for ShimDirs {
@@ -110,16 +162,17 @@ impl RuntimeShim {
             .arg("--root")
             .arg(dirs.root())
             .arg("--state")
-            .arg(dirs.base.join("state"))
+            .arg(dirs.state())
             .arg("--cni-conf-dir")
             .arg(dirs.cni_conf_dir())
             .arg("--cni-cache-dir")
-            .arg(dirs.base.join("cni-cache"))
-            // Debian's reference plugins, and ours.
+            .arg(dirs.cni_cache_dir())
+            // Debian's reference plugins, ours, and the test's.
             .arg("--cni-bin-dir")
             .arg(format!(
-                "/usr/lib/cni:{}",
-                bin_path("vpc-cni").parent().unwrap().display()
+                "/usr/lib/cni:{}:{}",
+                bin_path("vpc-cni").parent().unwrap().display(),
+                dirs.cni_bin_dir().display()
             ))
             .args(registry.mirror_args())
             .args(extra.iter().flat_map(|m| ["--registry-mirror", m.as_str()]))

@@ -3,6 +3,7 @@
 
 mod containers;
 mod exec;
+mod recovery;
 mod sandboxes;
 
 use std::path::{Path, PathBuf};
@@ -73,11 +74,18 @@ impl Record for ContainerRecord {
     }
 }
 
+/// Under `--root`: the records of sandboxes being set up (hack/lib.sh's sweep reads it).
+pub const SETUPS_DIR: &str = "sandboxes-setup";
+
 pub struct Runtime {
     pub(crate) root: PathBuf,
     pub(crate) state: PathBuf,
     pub(crate) images: Arc<ImageStore>,
     pub(crate) sandboxes: RecordStore<SandboxRecord>,
+    /// Sandboxes whose RunPodSandbox has not finished: what they may hold in the kernel
+    /// and in CNI, so that a daemon killed half-way can undo it when it starts again
+    /// (see `recover`).
+    pub(crate) setups: RecordStore<SandboxRecord>,
     pub(crate) containers: RecordStore<ContainerRecord>,
     pub(crate) oci: Arc<dyn OciRuntime>,
     pub(crate) cni_conf_dir: PathBuf,
@@ -100,6 +108,7 @@ impl Runtime {
             state: state.to_path_buf(),
             images,
             sandboxes: RecordStore::open(&root.join("sandboxes"))?,
+            setups: RecordStore::open(&root.join(SETUPS_DIR))?,
             containers: RecordStore::open(&root.join("containers"))?,
             oci,
             cni_conf_dir: cni_conf_dir.to_path_buf(),
