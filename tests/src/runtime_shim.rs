@@ -211,6 +211,11 @@ impl RuntimeShim {
         Ok(ImageServiceClient::new(connect(&self.socket).await?))
     }
 
+    /// Pulls `image` (anonymously, through the mirrors).
+    pub async fn pull(&self, image: &str) -> Result<()> {
+        pull(&mut self.images().await?, image).await
+    }
+
     pub async fn runtime(&self) -> Result<RuntimeServiceClient<Channel>> {
         Ok(RuntimeServiceClient::new(connect(&self.socket).await?))
     }
@@ -230,6 +235,35 @@ impl Drop for RuntimeShim {
     fn drop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(10));
     }
+}
+
+/// Pulls `image` anonymously through `images`.
+pub async fn pull(images: &mut ImageServiceClient<Channel>, image: &str) -> Result<()> {
+    images
+        .pull_image(k8s_cri::v1::PullImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("pulling {image}"))?;
+    Ok(())
+}
+
+/// RunPodSandbox of `config` with the default handler; the sandbox ID.
+pub async fn run_sandbox(
+    rt: &mut RuntimeServiceClient<Channel>,
+    config: &k8s_cri::v1::PodSandboxConfig,
+) -> std::result::Result<String, tonic::Status> {
+    let r = rt
+        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?;
+    Ok(r.into_inner().pod_sandbox_id)
 }
 
 /// A tonic channel over a unix socket (the URI is a placeholder tonic requires).

@@ -8,7 +8,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use node_tests::fixture::{run_ok, unique_name};
 use node_tests::registry::Registry;
-use node_tests::runtime_shim::{RuntimeShim, ShimDirs, reserved_ips};
+use node_tests::runtime_shim::{RuntimeShim, ShimDirs, reserved_ips, run_sandbox};
 use tonic::transport::Channel;
 
 /// A /24 no other test run on this machine uses; `n` tells this binary's tests apart
@@ -51,7 +51,7 @@ async fn pods_get_an_ip_that_answers_and_give_it_back() {
     let reg = Registry::start().unwrap();
     let dirs = ShimDirs::new().unwrap();
     let shim = RuntimeShim::start(&dirs, &reg).unwrap();
-    let (mut images, mut rt) = (shim.images().await.unwrap(), shim.runtime().await.unwrap());
+    let mut rt = shim.runtime().await.unwrap();
     assert!(
         !network_ready(&mut rt).await,
         "NetworkReady without any CNI config"
@@ -60,26 +60,9 @@ async fn pods_get_an_ip_that_answers_and_give_it_back() {
     assert!(network_ready(&mut rt).await);
 
     let web = "registry.k8s.io/e2e-test-images/nginx:1.14-2";
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: web.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    shim.pull(web).await.unwrap();
     let config = pod_config("web");
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_sandbox(&mut rt, &config).await.unwrap();
     let status = rt
         .pod_sandbox_status(PodSandboxStatusRequest {
             pod_sandbox_id: pod.clone(),
@@ -205,11 +188,7 @@ async fn a_failed_add_is_undone_and_reported() {
     let ipam_dir = dirs
         .write_ptp_network(&subnet(1), &["no-such-plugin"])
         .unwrap();
-    let err = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("doomed")),
-            runtime_handler: String::new(),
-        })
+    let err = run_sandbox(&mut rt, &pod_config("doomed"))
         .await
         .unwrap_err();
     assert!(
@@ -299,13 +278,7 @@ async fn a_daemon_killed_during_cni_add_leaves_nothing_after_restart() {
     let ipam_dir = dirs.write_ptp_network(&subnet(2), &[stall]).unwrap();
     let shim = RuntimeShim::start(&dirs, &reg).unwrap();
     let mut rt = shim.runtime().await.unwrap();
-    let run = tokio::spawn(async move {
-        rt.run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("interrupted")),
-            runtime_handler: String::new(),
-        })
-        .await
-    });
+    let run = tokio::spawn(async move { run_sandbox(&mut rt, &pod_config("interrupted")).await });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !pid_file.exists() {
         assert!(

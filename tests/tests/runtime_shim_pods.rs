@@ -23,15 +23,9 @@ struct Pod {
 
 async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, dirs: &ShimDirs, name: &str) -> Pod {
     let config = dirs.pod_config(name);
-    let id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
+    let id = node_tests::runtime_shim::run_sandbox(rt, &config)
         .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+        .unwrap();
     let logs = std::path::PathBuf::from(&config.log_directory);
     Pod { id, config, logs }
 }
@@ -120,16 +114,7 @@ fn log_records(path: &std::path::Path) -> Vec<String> {
 }
 
 async fn pull(images: &mut ImageServiceClient<Channel>, image: &str) {
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    node_tests::runtime_shim::pull(images, image).await.unwrap();
 }
 
 async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: &Pod) {
