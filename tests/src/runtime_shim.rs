@@ -48,7 +48,7 @@ impl ShimDirs {
     /// A minimal pod `name` in namespace default with a fresh UID, logging below these
     /// dirs.
     pub fn pod_config(&self, name: &str) -> k8s_cri::v1::PodSandboxConfig {
-        use k8s_cri::v1::{LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata};
+        use k8s_cri::v1::{PodSandboxConfig, PodSandboxMetadata};
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -58,7 +58,7 @@ impl ShimDirs {
             }),
             hostname: name.into(),
             log_directory: self.base.join("pods").join(name).display().to_string(),
-            linux: Some(LinuxPodSandboxConfig::default()),
+            linux: Some(kubelet_linux_config()),
             ..Default::default()
         }
     }
@@ -115,6 +115,23 @@ pub fn reserved_ips(ipam_dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A pod's Linux config as a kubelet sends it for a pod without hostPID or
+/// shareProcessNamespace: per-container PID namespaces (CRI's zero value, POD, would give
+/// the pod an infra process).
+pub fn kubelet_linux_config() -> k8s_cri::v1::LinuxPodSandboxConfig {
+    use k8s_cri::v1::{LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption};
+    k8s_cri::v1::LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 impl Drop for ShimDirs {

@@ -339,6 +339,16 @@ async fn a_daemon_killed_during_cni_add_leaves_nothing_after_restart() {
         .filter(|l| l.contains(&base) || l.contains(&netns_name))
         .collect();
     assert!(leaked.is_empty(), "mounts left: {leaked:?}");
+    // The pod's PID mode is POD (CRI's zero value), so it had an infra process too.
+    let processes: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| p.file_name().to_string_lossy() != shim.pid().to_string())
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&base))
+        .collect();
+    assert!(processes.is_empty(), "processes left: {processes:?}");
     for dir in [
         dirs.state().join("sandboxes"),
         dirs.root().join("sandboxes"),

@@ -37,6 +37,9 @@ pub struct SandboxRecord {
     pub host_network: bool,
     /// The pod network, while attached: what DEL needs even if the conf dir changed.
     pub network: Option<PodNetwork>,
+    /// PID 1 of the pod-wide PID namespace, while the pod has one (PID mode POD).
+    #[serde(default)]
+    pub infra: Option<crate::sandbox::infra::Infra>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

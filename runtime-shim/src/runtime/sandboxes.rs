@@ -5,7 +5,7 @@ use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 use super::{
     PodNetwork, Result, Runtime, RuntimeError, SandboxRecord, SandboxState, new_id, now_nanos,
 };
-use crate::sandbox::{cni, files, namespaces};
+use crate::sandbox::{cni, files, infra, namespaces};
 
 /// Where a sandbox's network namespace is pinned (`ip netns` shows it).
 pub const NETNS_DIR: &str = "/var/run/netns";
@@ -51,6 +51,7 @@ impl Runtime {
             .unwrap_or_default();
         let host_network = ns_opts.network == NamespaceMode::Node as i32;
         let host_ipc = ns_opts.ipc == NamespaceMode::Node as i32;
+        let shares_pid = ns_opts.pid == NamespaceMode::Pod as i32;
         let dir = self.sandbox_dir(&id);
         // No hostname in the config means the node's, as containerd does (pod names can
         // be longer than the 64 bytes a hostname may have).
@@ -93,6 +94,7 @@ impl Runtime {
             }),
             host_network,
             network: planned.as_ref().map(|(_, n)| n.clone()),
+            infra: None,
         };
         self.setups.put(&rec)?;
         let created = (|| -> std::io::Result<_> {
@@ -120,6 +122,22 @@ impl Runtime {
                 )));
             }
         };
+        if shares_pid {
+            match infra::spawn(&dir) {
+                // Recorded at once: a daemon killed from here on still finds it.
+                Ok(p) => {
+                    rec.infra = Some(p);
+                    self.setups.put(&rec)?;
+                }
+                Err(e) => {
+                    rec.network = None;
+                    self.undo_setup(&rec).await?;
+                    return Err(RuntimeError::Internal(anyhow::anyhow!(
+                        "starting the pod's infra process: {e}"
+                    )));
+                }
+            }
+        }
         if let (Some((net, pod_net)), Some(slot)) = (&planned, rec.network.as_mut()) {
             match self.cni.add(net, &pod_net.attachment).await {
                 Ok(result) => slot.ip = cni::pod_ip(&result),
@@ -159,6 +177,10 @@ impl Runtime {
             }
         }
         let _guard = self.lock.lock().await;
+        if let Some(p) = &rec.infra {
+            p.kill()?;
+            self.sandboxes.update(&rec.id, |r| r.infra = None)?;
+        }
         if let Some(net) = &rec.network {
             self.detach_network(net).await?;
             self.sandboxes.update(&rec.id, |r| r.network = None)?;
@@ -247,9 +269,13 @@ impl Runtime {
         Ok(())
     }
 
-    /// Releases what a sandbox holds, in reverse order of setup: its CNI attachment
-    /// (DEL is harmless for one that never got ADD), its pinned namespaces, its files.
+    /// Releases what a sandbox holds, in reverse order of setup: its infra process, its
+    /// CNI attachment (DEL is harmless for one that never got ADD), its pinned
+    /// namespaces, its files.
     pub(super) async fn release(&self, rec: &SandboxRecord) -> Result<()> {
+        if let Some(p) = &rec.infra {
+            p.kill()?;
+        }
         if let Some(net) = &rec.network {
             self.detach_network(net).await?;
         }
