@@ -34,8 +34,10 @@ impl Infra {
         PathBuf::from(format!("/proc/{}/ns/pid", self.pid))
     }
 
+    /// Running, and not a zombie: once killed it is dead to the pod even before whoever
+    /// inherited it reaps it.
     pub fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time)
+        proc_stat(self.pid).is_some_and(|(state, t)| t == self.start_time && !"ZX".contains(state))
     }
 
     /// SIGKILLs it (and so every process left in the pod's PID namespace) and waits
@@ -83,17 +85,19 @@ pub fn spawn(dir: &Path) -> io::Result<Infra> {
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
         })?;
-    let start_time = start_time(pid)
+    let (_, start_time) = proc_stat(pid)
         .ok_or_else(|| io::Error::other(format!("the infra process {pid} exited at once")))?;
     Ok(Infra { pid, start_time })
 }
 
-/// Field 22 of /proc/PID/stat, the start time; `None` when there is no such process.
-fn start_time(pid: i32) -> Option<u64> {
+/// The state (field 3) and start time (field 22) in /proc/PID/stat; `None` when there
+/// is no such process.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 /// The `__pause` main: the launcher forks PID 1 of its new PID namespace, prints its
@@ -128,5 +132,36 @@ fn pid1() -> ! {
             }
         }
         let _ = chld.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_alive_until_killed_and_told_from_a_later_one_with_its_pid() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let (_, start_time) = proc_stat(pid).unwrap();
+        let infra = Infra { pid, start_time };
+        assert!(infra.alive());
+        assert!(
+            !Infra {
+                pid,
+                start_time: start_time + 1
+            }
+            .alive()
+        );
+        // Killed but not reaped yet (a zombie): dead already.
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proc_stat(pid).is_some_and(|(s, _)| s != 'Z') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!infra.alive());
+        infra.kill().unwrap();
+        child.wait().unwrap();
+        assert!(proc_stat(pid).is_none());
     }
 }
