@@ -7,8 +7,9 @@ use std::process::Command;
 
 type Error = Box<dyn std::error::Error>;
 
-/// The directory holding the `k8s-cri` package's `proto/v1.proto`.
-fn upstream_proto_dir() -> Result<PathBuf, Error> {
+/// The directory holding the `k8s-cri` package's `proto/v1.proto`, and the
+/// workspace's Cargo.lock (which pins that package).
+fn upstream_proto_dir() -> Result<(PathBuf, PathBuf), Error> {
     let cargo = std::env::var("CARGO")?;
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("Cargo.toml");
     let metadata = |offline: bool| -> Result<Vec<u8>, Error> {
@@ -45,13 +46,16 @@ fn upstream_proto_dir() -> Result<PathBuf, Error> {
         .parent()
         .ok_or("k8s-cri's manifest has no parent dir")?
         .join("proto");
-    Ok(dir)
+    let lock = PathBuf::from(meta["workspace_root"].as_str().unwrap_or(".")).join("Cargo.lock");
+    Ok((dir, lock))
 }
 
 fn main() -> Result<(), Error> {
-    let dir = upstream_proto_dir()?;
+    let (dir, lock) = upstream_proto_dir()?;
     let proto = dir.join("v1.proto");
     println!("cargo:rerun-if-changed={}", proto.display());
+    // Another k8s-cri version is another proto path: seen through the lock file.
+    println!("cargo:rerun-if-changed={}", lock.display());
     println!("cargo:rerun-if-changed=build.rs");
     let fds = protox::compile([&proto], [&dir])?;
     tonic_prost_build::configure()
