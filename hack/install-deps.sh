@@ -9,7 +9,7 @@ apt_install \
     golang-go etcd-server dpkg-dev rsync make gcc libc6-dev apache2-utils \
     docker-registry skopeo umoci busybox-static \
     runc containerd containernetworking-plugins \
-    python3-venv python3-pip protobuf-compiler
+    python3-venv python3-pip
 
 # moto (EC2 emulator) and boto3 (used by the IMDS emulator) in a private venv.
 if [ ! -x "$VENV_DIR/bin/moto_server" ]; then

@@ -139,10 +139,10 @@ $(tail -20 "$logfile")"
 
 # sweep_runtime_shim ROOT STATE BASE: removes from the kernel whatever a runtime-shim with
 # --root ROOT and --state STATE left behind (it keeps containers running on purpose):
-# monitors and containers, their cgroups, pinned pod namespaces, and every mount under
+# monitors and containers, their cgroups, infra processes, pinned pod namespaces, and every mount under
 # BASE. The safety net of node teardown and of test fixtures, after a graceful path.
 sweep_runtime_shim() {
-    local root="$1" state="$2" base="$3" b id c
+    local root="$1" state="$2" base="$3" b id c p
     for b in "$root"/containers/*/bundle; do
         [ -d "$b" ] || continue
         if [ -f "$b/monitor.pid" ]; then kill -KILL "$(cat "$b/monitor.pid")" 2>/dev/null || true; fi
@@ -150,9 +150,14 @@ sweep_runtime_shim() {
         runc --root "$state/runc" delete --force "$id" >/dev/null 2>&1 || true
         for c in /sys/fs/cgroup/*/runtime-shim/"$id"; do rmdir "$c" 2>/dev/null || true; done
     done
-    for b in "$root"/sandboxes/*.json; do
+    for b in "$root"/sandboxes/*.json "$root"/sandboxes-setup/*.json; do
         [ -f "$b" ] || continue
         id="$(basename "$b" .json)"
+        # The pod's infra process (PID mode POD), if its PID still runs ours.
+        p="$(jq -r '.infra.pid // empty' "$b" 2>/dev/null || true)"
+        if [ -n "$p" ] && tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q "__pause $state/"; then
+            kill -KILL "$p" 2>/dev/null || true
+        fi
         umount "/var/run/netns/runtime-shim-${id:0:16}" 2>/dev/null || true
         rm -f "/var/run/netns/runtime-shim-${id:0:16}"
     done

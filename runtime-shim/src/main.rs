@@ -51,13 +51,15 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    // The same binary is each container's monitor (container::monitor) and each streaming
-    // exec's reaper (container::exec_reaper): dispatch before any runtime or thread
-    // exists, since both fork and reap.
+    // The same binary is each container's monitor (container::monitor), each streaming
+    // exec's reaper (container::exec_reaper) and PID-sharing pods' infra process
+    // (sandbox::infra): dispatch before any runtime or thread exists, since they fork
+    // and reap.
     let mut argv = std::env::args();
     match argv.nth(1).as_deref() {
         Some(monitor::MONITOR_ARG) => monitor::run(&argv.next().unwrap_or_default()),
         Some(exec_reaper::EXEC_ARG) => exec_reaper::run(&argv.next().unwrap_or_default()),
+        Some(runtime_shim::sandbox::infra::PAUSE_ARG) => runtime_shim::sandbox::infra::run(),
         _ => {}
     }
     tokio::runtime::Builder::new_multi_thread()
@@ -98,6 +100,7 @@ async fn daemon() -> Result<()> {
         cni,
     )
     .with_context(|| format!("opening runtime state in {}", args.root.display()))?;
+    runtime.recover().await;
     let runtime = Arc::new(runtime);
     let listener = tokio::net::TcpListener::bind(args.stream_address)
         .await

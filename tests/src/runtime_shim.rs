@@ -34,11 +34,21 @@ impl ShimDirs {
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.base.join("net.d")
     }
+    /// A CNI plugin dir of this test's own, searched after the real plugins'.
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.base.join("cni-bin")
+    }
+    pub fn cni_cache_dir(&self) -> PathBuf {
+        self.base.join("cni-cache")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.base.join("state")
+    }
 
     /// A minimal pod `name` in namespace default with a fresh UID, logging below these
     /// dirs.
     pub fn pod_config(&self, name: &str) -> k8s_cri::v1::PodSandboxConfig {
-        use k8s_cri::v1::{LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata};
+        use k8s_cri::v1::{PodSandboxConfig, PodSandboxMetadata};
         PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -48,7 +58,7 @@ impl ShimDirs {
             }),
             hostname: name.into(),
             log_directory: self.base.join("pods").join(name).display().to_string(),
-            linux: Some(LinuxPodSandboxConfig::default()),
+            linux: Some(kubelet_linux_config()),
             ..Default::default()
         }
     }
@@ -62,6 +72,65 @@ impl ShimDirs {
             r#"{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}"#,
         )?;
         Ok(())
+    }
+}
+
+impl ShimDirs {
+    /// A CNI network of Debian's ptp + host-local on `subnet`, followed by plugins of
+    /// the types in `then`; host-local keeps its reservations in the returned dir.
+    pub fn write_ptp_network(&self, subnet: &str, then: &[&str]) -> Result<PathBuf> {
+        let ipam_dir = self.base.join("host-local");
+        let extra: String = then
+            .iter()
+            .map(|t| format!(r#",{{"type":"{t}"}}"#))
+            .collect();
+        std::fs::create_dir_all(self.cni_conf_dir())?;
+        std::fs::write(
+            self.cni_conf_dir().join("10-test.conflist"),
+            format!(
+                r#"{{"cniVersion":"0.4.0","name":"{name}","plugins":[
+                {{"type":"ptp","ipMasq":false,"ipam":{{"type":"host-local","dataDir":"{dir}",
+                  "ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}{extra}]}}"#,
+                name = unique_name("net"),
+                dir = ipam_dir.display(),
+            ),
+        )?;
+        Ok(ipam_dir)
+    }
+}
+
+/// IPs host-local has handed out (one file per IP in its data dir).
+pub fn reserved_ips(ipam_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(ipam_dir)
+        .map(|rd| {
+            rd.flatten()
+                .flat_map(|net| {
+                    std::fs::read_dir(net.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
+                .map(|f| f.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains('.') && !n.starts_with("last_reserved"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pod's Linux config as a kubelet sends it for a pod without hostPID or
+/// shareProcessNamespace: per-container PID namespaces (CRI's zero value, POD, would give
+/// the pod an infra process).
+pub fn kubelet_linux_config() -> k8s_cri::v1::LinuxPodSandboxConfig {
+    use k8s_cri::v1::{LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption};
+    k8s_cri::v1::LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -110,16 +179,17 @@ impl RuntimeShim {
             .arg("--root")
             .arg(dirs.root())
             .arg("--state")
-            .arg(dirs.base.join("state"))
+            .arg(dirs.state())
             .arg("--cni-conf-dir")
             .arg(dirs.cni_conf_dir())
             .arg("--cni-cache-dir")
-            .arg(dirs.base.join("cni-cache"))
-            // Debian's reference plugins, and ours.
+            .arg(dirs.cni_cache_dir())
+            // Debian's reference plugins, ours, and the test's.
             .arg("--cni-bin-dir")
             .arg(format!(
-                "/usr/lib/cni:{}",
-                bin_path("vpc-cni").parent().unwrap().display()
+                "/usr/lib/cni:{}:{}",
+                bin_path("vpc-cni").parent().unwrap().display(),
+                dirs.cni_bin_dir().display()
             ))
             .args(registry.mirror_args())
             .args(extra.iter().flat_map(|m| ["--registry-mirror", m.as_str()]))
@@ -158,6 +228,11 @@ impl RuntimeShim {
         Ok(ImageServiceClient::new(connect(&self.socket).await?))
     }
 
+    /// Pulls `image` (anonymously, through the mirrors).
+    pub async fn pull(&self, image: &str) -> Result<()> {
+        pull(&mut self.images().await?, image).await
+    }
+
     pub async fn runtime(&self) -> Result<RuntimeServiceClient<Channel>> {
         Ok(RuntimeServiceClient::new(connect(&self.socket).await?))
     }
@@ -177,6 +252,35 @@ impl Drop for RuntimeShim {
     fn drop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(10));
     }
+}
+
+/// Pulls `image` anonymously through `images`.
+pub async fn pull(images: &mut ImageServiceClient<Channel>, image: &str) -> Result<()> {
+    images
+        .pull_image(k8s_cri::v1::PullImageRequest {
+            image: Some(k8s_cri::v1::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("pulling {image}"))?;
+    Ok(())
+}
+
+/// RunPodSandbox of `config` with the default handler; the sandbox ID.
+pub async fn run_sandbox(
+    rt: &mut RuntimeServiceClient<Channel>,
+    config: &k8s_cri::v1::PodSandboxConfig,
+) -> std::result::Result<String, tonic::Status> {
+    let r = rt
+        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?;
+    Ok(r.into_inner().pod_sandbox_id)
 }
 
 /// A tonic channel over a unix socket (the URI is a placeholder tonic requires).

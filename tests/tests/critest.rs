@@ -15,13 +15,6 @@ const SKIPPED: &[(&str, &str)] = &[
         r"public image with digest should be pulled and removed",
         "needs upstream's exact image bytes (offline)",
     ),
-    // A pod-wide PID namespace needs a PID 1 that lives as long as the pod (upstream's
-    // pause container); runtime-shim pins pod namespaces without any infra process, so
-    // PID namespace mode POD falls back to one namespace per container.
-    (
-        r"runtime should support PodPID",
-        "no infra process to hold a pod PID namespace",
-    ),
     // AppArmor and SELinux are absent from this kernel (critest also skips these itself
     // when the host lacks them; listed so the intent is explicit).
     (r"AppArmor|SELinux", "not enabled on this machine"),

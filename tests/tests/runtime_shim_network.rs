@@ -1,39 +1,20 @@
 //! runtime-shim driving real CNI plugins (Debian's ptp + host-local) the way libcni does:
 //! pod IPs, NetworkReady, DEL on removal and after a failed ADD, the result cache.
 
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use node_tests::fixture::{run_ok, unique_name};
 use node_tests::registry::Registry;
-use node_tests::runtime_shim::{RuntimeShim, ShimDirs};
+use node_tests::runtime_shim::{RuntimeShim, ShimDirs, reserved_ips, run_sandbox};
 use tonic::transport::Channel;
 
-/// A /24 no other test run on this machine uses.
-fn subnet() -> String {
-    format!("10.222.{}.0/24", std::process::id() % 250)
-}
-
-fn write_conflist(dirs: &ShimDirs, extra_plugin: Option<&str>) -> std::path::PathBuf {
-    let ipam_dir = dirs.base.join("host-local");
-    let extra = extra_plugin
-        .map(|t| format!(r#",{{"type":"{t}"}}"#))
-        .unwrap_or_default();
-    std::fs::create_dir_all(dirs.cni_conf_dir()).unwrap();
-    std::fs::write(
-        dirs.cni_conf_dir().join("10-test.conflist"),
-        format!(
-            r#"{{"cniVersion":"0.4.0","name":"{name}","plugins":[
-                {{"type":"ptp","ipMasq":false,"ipam":{{"type":"host-local","dataDir":"{dir}",
-                  "ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}{extra}]}}"#,
-            name = unique_name("net"),
-            dir = ipam_dir.display(),
-            subnet = subnet(),
-        ),
-    )
-    .unwrap();
-    ipam_dir
+/// A /24 no other test run on this machine uses; `n` tells this binary's tests apart
+/// (their pods would otherwise get the same IP from separate host-local dirs).
+fn subnet(n: u8) -> String {
+    format!("10.{}.{}.0/24", 222 + n, std::process::id() % 250)
 }
 
 fn pod_config(name: &str) -> PodSandboxConfig {
@@ -65,58 +46,23 @@ async fn network_ready(rt: &mut RuntimeServiceClient<Channel>) -> bool {
         .status
 }
 
-/// IPs host-local has handed out (one file per IP in its data dir).
-fn reserved_ips(ipam_dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(ipam_dir)
-        .map(|rd| {
-            rd.flatten()
-                .flat_map(|net| {
-                    std::fs::read_dir(net.path())
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                })
-                .map(|f| f.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains('.') && !n.starts_with("last_reserved"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_get_an_ip_that_answers_and_give_it_back() {
     let reg = Registry::start().unwrap();
     let dirs = ShimDirs::new().unwrap();
     let shim = RuntimeShim::start(&dirs, &reg).unwrap();
-    let (mut images, mut rt) = (shim.images().await.unwrap(), shim.runtime().await.unwrap());
+    let mut rt = shim.runtime().await.unwrap();
     assert!(
         !network_ready(&mut rt).await,
         "NetworkReady without any CNI config"
     );
-    let ipam_dir = write_conflist(&dirs, None);
+    let ipam_dir = dirs.write_ptp_network(&subnet(0), &[]).unwrap();
     assert!(network_ready(&mut rt).await);
 
     let web = "registry.k8s.io/e2e-test-images/nginx:1.14-2";
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: web.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    shim.pull(web).await.unwrap();
     let config = pod_config("web");
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_sandbox(&mut rt, &config).await.unwrap();
     let status = rt
         .pod_sandbox_status(PodSandboxStatusRequest {
             pod_sandbox_id: pod.clone(),
@@ -128,8 +74,8 @@ async fn pods_get_an_ip_that_answers_and_give_it_back() {
         .status
         .unwrap();
     let ip = status.network.unwrap().ip;
-    let prefix = subnet().trim_end_matches("0/24").to_string();
-    assert!(ip.starts_with(&prefix), "{ip} not in {}", subnet());
+    let prefix = subnet(0).trim_end_matches("0/24").to_string();
+    assert!(ip.starts_with(&prefix), "{ip} not in {}", subnet(0));
     assert_eq!(reserved_ips(&ipam_dir), vec![ip.clone()]);
     let cache: Vec<_> = std::fs::read_dir(dirs.base.join("cni-cache"))
         .unwrap()
@@ -239,12 +185,10 @@ async fn a_failed_add_is_undone_and_reported() {
     let dirs = ShimDirs::new().unwrap();
     let shim = RuntimeShim::start(&dirs, &reg).unwrap();
     let mut rt = shim.runtime().await.unwrap();
-    let ipam_dir = write_conflist(&dirs, Some("no-such-plugin"));
-    let err = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("doomed")),
-            runtime_handler: String::new(),
-        })
+    let ipam_dir = dirs
+        .write_ptp_network(&subnet(1), &["no-such-plugin"])
+        .unwrap();
+    let err = run_sandbox(&mut rt, &pod_config("doomed"))
         .await
         .unwrap_err();
     assert!(
@@ -275,4 +219,142 @@ async fn a_failed_add_is_undone_and_reported() {
         })
         .collect();
     assert!(leaked.is_empty(), "{leaked:?}");
+}
+
+/// SIGKILLs a process when dropped: the stalled test plugin, even if the test fails.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid; no memory is involved.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// A CNI plugin that logs each call to `calls` and stalls on ADD until killed, after
+/// writing its pid to `pid`: it holds runtime-shim inside CNI ADD for as long as the
+/// test needs.
+fn write_stalling_plugin(dirs: &ShimDirs, calls: &Path, pid: &Path) -> &'static str {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!(
+        r#"#!/bin/sh
+cat >/dev/null
+echo "$CNI_COMMAND $CNI_CONTAINERID $CNI_NETNS" >>'{calls}'
+case "$CNI_COMMAND" in
+ADD) echo $$ >'{pid}.tmp' && mv '{pid}.tmp' '{pid}' && exec sleep 300 ;;
+VERSION) echo '{{"cniVersion":"0.4.0","supportedVersions":["0.3.1","0.4.0"]}}' ;;
+esac
+"#,
+        calls = calls.display(),
+        pid = pid.display(),
+    );
+    let path = dirs.cni_bin_dir().join("stall");
+    std::fs::create_dir_all(dirs.cni_bin_dir()).unwrap();
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    "stall"
+}
+
+/// Files in `dir` (none if it does not exist).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_during_cni_add_leaves_nothing_after_restart() {
+    let reg = Registry::start().unwrap();
+    let dirs = ShimDirs::new().unwrap();
+    let (calls, pid_file) = (dirs.base.join("stall.calls"), dirs.base.join("stall.pid"));
+    // ptp first, so that the attachment is really half-made when the daemon dies: a
+    // veth, a host route and a host-local reservation exist, the stall plugin's ADD has
+    // not returned.
+    let stall = write_stalling_plugin(&dirs, &calls, &pid_file);
+    let ipam_dir = dirs.write_ptp_network(&subnet(2), &[stall]).unwrap();
+    let shim = RuntimeShim::start(&dirs, &reg).unwrap();
+    let mut rt = shim.runtime().await.unwrap();
+    let run = tokio::spawn(async move { run_sandbox(&mut rt, &pod_config("interrupted")).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stall plugin never got ADD: {}",
+            shim.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let plugin = KillOnDrop(
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap(),
+    );
+    let add = std::fs::read_to_string(&calls).unwrap();
+    let fields: Vec<&str> = add.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"ADD"), "{add}");
+    let (sandbox, netns) = (fields[1].to_string(), std::path::PathBuf::from(fields[2]));
+    assert!(netns.exists(), "ADD ran without the pinned netns {netns:?}");
+    let ips = reserved_ips(&ipam_dir);
+    assert_eq!(ips.len(), 1, "ptp's ADD did not reserve an IP: {ips:?}");
+
+    shim.crash();
+    drop(plugin);
+    assert!(run.await.unwrap().is_err(), "RunPodSandbox answered");
+
+    // Recovery runs before the restarted daemon serves.
+    let shim = RuntimeShim::start(&dirs, &reg).unwrap();
+    let mut rt = shim.runtime().await.unwrap();
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "an unfinished sandbox is listed: {pods:?}");
+    let log = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with(&format!("DEL {sandbox} "))),
+        "no CNI DEL for {sandbox}: {log}\n{}",
+        shim.log_text()
+    );
+    assert!(!netns.exists(), "{netns:?} left pinned");
+    assert!(
+        reserved_ips(&ipam_dir).is_empty(),
+        "host-local still holds {ips:?}"
+    );
+    let routes = run_ok(std::process::Command::new("ip").args(["route", "show", &ips[0]])).unwrap();
+    assert!(routes.trim().is_empty(), "host route left: {routes}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let base = dirs.base.display().to_string();
+    let netns_name = netns.display().to_string();
+    let leaked: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&base) || l.contains(&netns_name))
+        .collect();
+    assert!(leaked.is_empty(), "mounts left: {leaked:?}");
+    // The pod's PID mode is POD (CRI's zero value), so it had an infra process too.
+    let processes: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| p.file_name().to_string_lossy() != shim.pid().to_string())
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&base))
+        .collect();
+    assert!(processes.is_empty(), "processes left: {processes:?}");
+    for dir in [
+        dirs.state().join("sandboxes"),
+        dirs.root().join("sandboxes"),
+        dirs.root().join("sandboxes-setup"),
+        dirs.cni_cache_dir(),
+    ] {
+        assert_eq!(entries(&dir), Vec::<String>::new(), "left in {dir:?}");
+    }
 }

@@ -23,15 +23,9 @@ struct Pod {
 
 async fn run_pod(rt: &mut RuntimeServiceClient<Channel>, dirs: &ShimDirs, name: &str) -> Pod {
     let config = dirs.pod_config(name);
-    let id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
+    let id = node_tests::runtime_shim::run_sandbox(rt, &config)
         .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+        .unwrap();
     let logs = std::path::PathBuf::from(&config.log_directory);
     Pod { id, config, logs }
 }
@@ -120,16 +114,7 @@ fn log_records(path: &std::path::Path) -> Vec<String> {
 }
 
 async fn pull(images: &mut ImageServiceClient<Channel>, image: &str) {
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    node_tests::runtime_shim::pull(images, image).await.unwrap();
 }
 
 async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: &Pod) {
@@ -557,4 +542,122 @@ async fn run_as_group_without_a_user_is_refused() {
     remove_pod(&mut rt, &pod).await;
     drop(shim);
     assert_no_leaks(&dirs, &[&pod.id], &[]);
+}
+
+/// `ps` in container `id`: one "PID ARGS" line per process it sees.
+async fn ps(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> String {
+    let out = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: ["ps", "-o", "pid,args"].map(String::from).to_vec(),
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Host PIDs of the infra processes of the sandbox `id` of `dirs`.
+fn infra_pids(dirs: &ShimDirs, id: &str) -> Vec<u32> {
+    let tag = dirs
+        .state()
+        .join("sandboxes")
+        .join(id)
+        .display()
+        .to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| p.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("__pause\0{tag}")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_of_a_pid_sharing_pod_see_each_other() {
+    let reg = Registry::start().unwrap();
+    let dirs = ShimDirs::new().unwrap();
+    let shim = RuntimeShim::start(&dirs, &reg).unwrap();
+    let (mut images, mut rt) = (shim.images().await.unwrap(), shim.runtime().await.unwrap());
+    pull(&mut images, BUSYBOX).await;
+    // shareProcessNamespace: the pod's and its containers' PID mode is POD.
+    let mut shared = dirs.pod_config("shared");
+    let ns = shared
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
+    ns.pid = NamespaceMode::Pod as i32;
+    let id = node_tests::runtime_shim::run_sandbox(&mut rt, &shared)
+        .await
+        .unwrap();
+    let logs = std::path::PathBuf::from(&shared.log_directory);
+    let pod = Pod {
+        id,
+        config: shared,
+        logs,
+    };
+    let infra = infra_pids(&dirs, &pod.id);
+    assert_eq!(infra.len(), 1, "one infra process for a PID-sharing pod");
+    let a = start(&mut rt, &pod, "a", BUSYBOX, &["sleep", "3601"], None).await;
+    let b = start(&mut rt, &pod, "b", BUSYBOX, &["sleep", "3602"], None).await;
+    for c in [&a, &b] {
+        let seen = ps(&mut rt, c).await;
+        assert!(
+            seen.contains("sleep 3601") && seen.contains("sleep 3602"),
+            "{seen}"
+        );
+        let pid1 = seen.lines().find(|l| l.trim_start().starts_with("1 "));
+        assert!(
+            pid1.is_some_and(|l| l.contains("__pause")),
+            "PID 1 is not the infra process: {seen}"
+        );
+    }
+
+    // A pod with per-container namespaces (the default here) has no infra process,
+    // and its containers see only themselves.
+    let alone = run_pod(&mut rt, &dirs, "alone").await;
+    assert!(infra_pids(&dirs, &alone.id).is_empty());
+    let c = start(&mut rt, &alone, "c", BUSYBOX, &["sleep", "3603"], None).await;
+    let d = start(&mut rt, &alone, "d", BUSYBOX, &["sleep", "3604"], None).await;
+    let seen = ps(&mut rt, &c).await;
+    assert!(
+        seen.contains("sleep 3603") && !seen.contains("sleep 3604"),
+        "{seen}"
+    );
+
+    // The infra process outlives the daemon, and the pod keeps sharing.
+    shim.crash();
+    let shim = RuntimeShim::start(&dirs, &reg).unwrap();
+    let mut rt = shim.runtime().await.unwrap();
+    assert_eq!(infra_pids(&dirs, &pod.id), infra);
+    let e = start(&mut rt, &pod, "e", BUSYBOX, &["sleep", "3605"], None).await;
+    assert!(ps(&mut rt, &e).await.contains("sleep 3601"));
+
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.id.clone(),
+    })
+    .await
+    .unwrap();
+    assert!(
+        infra_pids(&dirs, &pod.id).is_empty(),
+        "infra process left after StopPodSandbox"
+    );
+    remove_pod(&mut rt, &pod).await;
+    remove_pod(&mut rt, &alone).await;
+    assert_no_leaks(
+        &dirs,
+        &[pod.id.as_str(), alone.id.as_str()],
+        &[&a, &b, &c, &d, &e],
+    );
 }

@@ -79,7 +79,9 @@ fn reaper(spec_json: &str) -> io::Result<ExecOutcome> {
     Ok(outcome)
 }
 
-fn release_stdio() {
+/// Points stdin, stdout and stderr at /dev/null (a process that outlives whoever reads
+/// its output must not hold their pipes open).
+pub(crate) fn release_stdio() {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

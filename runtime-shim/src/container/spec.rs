@@ -21,6 +21,8 @@ pub struct SandboxContext<'a> {
     pub netns: Option<&'a Path>,
     pub ipcns: Option<&'a Path>,
     pub utsns: Option<&'a Path>,
+    /// The pod-wide PID namespace, when the pod has one (PID mode POD).
+    pub pidns: Option<&'a Path>,
     pub hostname: &'a str,
     /// Files bind-mounted over the image's: /etc/hosts, /etc/resolv.conf, /etc/hostname.
     pub etc_files: Vec<(&'static str, PathBuf)>,
@@ -201,9 +203,11 @@ pub fn build(
         .map(|n| n.pid)
         .unwrap_or_default();
     let mut namespaces: Vec<LinuxNamespace> = vec![ns(LinuxNamespaceType::Mount, None)?];
-    // hostPID: no PID namespace at all; POD sharing is not supported yet (it needs an
-    // infra process) and falls back to one namespace per container.
-    if pid_mode != k8s_cri::v1::NamespaceMode::Node as i32 {
+    // hostPID: no PID namespace at all; POD: the pod's, held by its infra process
+    // (a pod without one has no pod-wide namespace: one per container, as CONTAINER).
+    if pid_mode == k8s_cri::v1::NamespaceMode::Pod as i32 && sandbox.pidns.is_some() {
+        namespaces.push(ns(LinuxNamespaceType::Pid, sandbox.pidns)?);
+    } else if pid_mode != k8s_cri::v1::NamespaceMode::Node as i32 {
         namespaces.push(ns(LinuxNamespaceType::Pid, None)?);
     }
     for (typ, path) in [
@@ -556,6 +560,7 @@ mod tests {
             netns: None,
             ipcns: None,
             utsns: None,
+            pidns: None,
             hostname: "h",
             etc_files: vec![],
             cgroup_parent: "",

@@ -122,10 +122,20 @@ impl Runtime {
                         uts: None,
                     },
                 );
+                let pidns = match &sandbox.infra {
+                    Some(p) if !p.alive() => {
+                        return Err(RuntimeError::FailedPrecondition(format!(
+                            "the infra process holding the PID namespace of pod sandbox {} is gone: recreate the sandbox",
+                            sandbox.id
+                        )));
+                    }
+                    p => p.as_ref().map(|p| p.pidns()),
+                };
                 let ctx = SandboxContext {
                     netns: ns.net.as_deref(),
                     ipcns: ns.ipc.as_deref(),
                     utsns: ns.uts.as_deref(),
+                    pidns: pidns.as_deref(),
                     hostname: sandbox.config.hostname.as_str(),
                     etc_files: vec![
                         ("/etc/hosts", sdir.join("hosts")),

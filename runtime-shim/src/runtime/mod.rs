@@ -4,6 +4,7 @@
 mod containers;
 mod exec;
 mod keyed_locks;
+mod recovery;
 mod sandboxes;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub struct SandboxRecord {
     pub host_network: bool,
     /// The pod network, while attached: what DEL needs even if the conf dir changed.
     pub network: Option<PodNetwork>,
+    /// PID 1 of the pod-wide PID namespace, while the pod has one (PID mode POD).
+    #[serde(default)]
+    pub infra: Option<crate::sandbox::infra::Infra>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,11 +78,18 @@ impl Record for ContainerRecord {
     }
 }
 
+/// Under `--root`: the records of sandboxes being set up (hack/lib.sh's sweep reads it).
+pub const SETUPS_DIR: &str = "sandboxes-setup";
+
 pub struct Runtime {
     pub(crate) root: PathBuf,
     pub(crate) state: PathBuf,
     pub(crate) images: Arc<ImageStore>,
     pub(crate) sandboxes: RecordStore<SandboxRecord>,
+    /// Sandboxes whose RunPodSandbox has not finished: what they may hold in the kernel
+    /// and in CNI, so that a daemon killed half-way can undo it when it starts again
+    /// (see `recover`).
+    pub(crate) setups: RecordStore<SandboxRecord>,
     pub(crate) containers: RecordStore<ContainerRecord>,
     pub(crate) oci: Arc<dyn OciRuntime>,
     pub(crate) cni_conf_dir: PathBuf,
@@ -101,6 +112,7 @@ impl Runtime {
             state: state.to_path_buf(),
             images,
             sandboxes: RecordStore::open(&root.join("sandboxes"))?,
+            setups: RecordStore::open(&root.join(SETUPS_DIR))?,
             containers: RecordStore::open(&root.join("containers"))?,
             oci,
             cni_conf_dir: cni_conf_dir.to_path_buf(),

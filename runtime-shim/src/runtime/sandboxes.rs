@@ -5,7 +5,7 @@ use k8s_cri::v1::{NamespaceMode, PodSandboxConfig};
 use super::{
     PodNetwork, Result, Runtime, RuntimeError, SandboxRecord, SandboxState, new_id, now_nanos,
 };
-use crate::sandbox::{cni, files, namespaces};
+use crate::sandbox::{cni, files, infra, namespaces};
 
 /// Where a sandbox's network namespace is pinned (`ip netns` shows it).
 pub const NETNS_DIR: &str = "/var/run/netns";
@@ -57,8 +57,8 @@ impl Runtime {
             .unwrap_or_default();
         let host_network = ns_opts.network == NamespaceMode::Node as i32;
         let host_ipc = ns_opts.ipc == NamespaceMode::Node as i32;
+        let shares_pid = ns_opts.pid == NamespaceMode::Pod as i32;
         let dir = self.sandbox_dir(&id);
-        std::fs::create_dir_all(dir.join("ns"))?;
         // No hostname in the config means the node's, as containerd does (pod names can
         // be longer than the 64 bytes a hostname may have).
         let node_hostname = || {
@@ -81,7 +81,30 @@ impl Runtime {
         let ipc = (!host_ipc).then(|| dir.join("ns/ipc"));
         // hostNetwork pods see the node's hostname, as upstream.
         let uts = (!host_network).then(|| dir.join("ns/uts"));
+        let planned = match &netns {
+            Some(netns) => self.plan_network(&id, netns, &config)?,
+            None => None,
+        };
+        // Recorded before anything exists, so that a daemon killed from here on finds at
+        // start-up what to undo: these namespace paths and this CNI attachment.
+        let mut rec = SandboxRecord {
+            id: id.clone(),
+            config,
+            runtime_handler: handler,
+            created_at: now_nanos(),
+            state: SandboxState::NotReady,
+            namespaces: Some(namespaces::PodNamespaces {
+                net: netns.clone(),
+                ipc: ipc.clone(),
+                uts: uts.clone(),
+            }),
+            host_network,
+            network: planned.as_ref().map(|(_, n)| n.clone()),
+            infra: None,
+        };
+        self.setups.put(&rec)?;
         let created = (|| -> std::io::Result<_> {
+            std::fs::create_dir_all(dir.join("ns"))?;
             let ns =
                 namespaces::create(netns.as_deref(), ipc.as_deref(), uts.as_deref(), &hostname)?;
             let shown_hostname = if host_network {
@@ -91,43 +114,58 @@ impl Runtime {
             };
             files::write_hostname(&dir, &shown_hostname)?;
             files::write_hosts(&dir, &shown_hostname, None)?;
-            files::write_resolv_conf(&dir, config.dns_config.as_ref())?;
+            files::write_resolv_conf(&dir, rec.config.dns_config.as_ref())?;
             Ok(ns)
         })();
         let ns = match created {
             Ok(ns) => ns,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                // Nothing reached CNI yet.
+                rec.network = None;
+                self.undo_setup(&rec).await?;
                 return Err(RuntimeError::Internal(anyhow::anyhow!(
                     "creating the sandbox namespaces: {e}"
                 )));
             }
         };
-        let network = match &ns.net {
-            Some(netns) => match self.attach_network(&id, netns, &config).await {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = namespaces::remove(&ns);
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(e);
+        if shares_pid {
+            match infra::spawn(&dir) {
+                // Recorded at once: a daemon killed from here on still finds it.
+                Ok(p) => {
+                    rec.infra = Some(p);
+                    self.setups.put(&rec)?;
                 }
-            },
-            None => None,
-        };
-        if let Some(ip) = network.as_ref().and_then(|n| n.ip.as_deref()) {
+                Err(e) => {
+                    rec.network = None;
+                    self.undo_setup(&rec).await?;
+                    return Err(RuntimeError::Internal(anyhow::anyhow!(
+                        "starting the pod's infra process: {e}"
+                    )));
+                }
+            }
+        }
+        if let (Some((net, pod_net)), Some(slot)) = (&planned, rec.network.as_mut()) {
+            match self.cni.add(net, &pod_net.attachment).await {
+                Ok(result) => slot.ip = cni::pod_ip(&result),
+                Err(e) => {
+                    // `add` has run DEL already.
+                    rec.network = None;
+                    self.undo_setup(&rec).await?;
+                    return Err(RuntimeError::Internal(
+                        e.context("setting up the pod network"),
+                    ));
+                }
+            }
+        }
+        if let Some(ip) = rec.network.as_ref().and_then(|n| n.ip.as_deref()) {
             files::write_hosts(&dir, &hostname, Some(ip))?;
         }
-        let rec = SandboxRecord {
-            id: id.clone(),
-            config,
-            runtime_handler: handler,
-            created_at: now_nanos(),
-            state: SandboxState::Ready,
-            namespaces: Some(ns),
-            host_network,
-            network,
-        };
+        rec.namespaces = Some(ns);
+        rec.state = SandboxState::Ready;
+        // The sandbox record first: a crash between the two leaves a finished sandbox
+        // and a stale setup record, which start-up recognises and drops.
         self.sandboxes.put(&rec)?;
+        self.setups.remove(&id)?;
         tracing::info!(sandbox = %id, pod = %format!("{}/{}", meta.namespace, meta.name), "sandbox ready");
         Ok(id)
     }
@@ -145,6 +183,10 @@ impl Runtime {
             }
         }
         let _guard = self.locks.lock(format!("sandbox/{}", rec.id)).await;
+        if let Some(p) = &rec.infra {
+            p.kill()?;
+            self.sandboxes.update(&rec.id, |r| r.infra = None)?;
+        }
         if let Some(net) = &rec.network {
             self.detach_network(net).await?;
             self.sandboxes.update(&rec.id, |r| r.network = None)?;
@@ -159,14 +201,15 @@ impl Runtime {
         Ok(())
     }
 
-    /// CNI ADD for a new sandbox; `None` when no network is configured (the pod only
-    /// has loopback, and Status reports NetworkReady=false).
-    async fn attach_network(
+    /// The CNI attachment a new sandbox will get and the network it is on; `None` when
+    /// no network is configured (the pod only has loopback, and Status reports
+    /// NetworkReady=false).
+    fn plan_network(
         &self,
         id: &str,
         netns: &std::path::Path,
         config: &PodSandboxConfig,
-    ) -> Result<Option<PodNetwork>> {
+    ) -> Result<Option<(cni::NetworkConfig, PodNetwork)>> {
         let Some(net) = cni::load(&self.cni_conf_dir)? else {
             return Ok(None);
         };
@@ -197,19 +240,15 @@ impl Runtime {
             pod_uid: meta.uid,
             capability_args,
         };
-        let result = self
-            .cni
-            .add(&net, &attachment)
-            .await
-            .map_err(|e| RuntimeError::Internal(e.context("setting up the pod network")))?;
-        Ok(Some(PodNetwork {
-            ip: cni::pod_ip(&result),
+        let pod_net = PodNetwork {
+            ip: None,
             attachment,
             config: String::from_utf8_lossy(&net.bytes).into_owned(),
-        }))
+        };
+        Ok(Some((net, pod_net)))
     }
 
-    async fn detach_network(&self, net: &PodNetwork) -> Result<()> {
+    pub(super) async fn detach_network(&self, net: &PodNetwork) -> Result<()> {
         let is_list = serde_json::from_str::<serde_json::Value>(&net.config)
             .map(|v| v.get("plugins").is_some())
             .unwrap_or(false);
@@ -231,6 +270,18 @@ impl Runtime {
             }
         }
         let _guard = self.locks.lock(format!("sandbox/{}", rec.id)).await;
+        self.release(&rec).await?;
+        self.sandboxes.remove(&rec.id)?;
+        Ok(())
+    }
+
+    /// Releases what a sandbox holds, in reverse order of setup: its infra process, its
+    /// CNI attachment (DEL is harmless for one that never got ADD), its pinned
+    /// namespaces, its files.
+    pub(super) async fn release(&self, rec: &SandboxRecord) -> Result<()> {
+        if let Some(p) = &rec.infra {
+            p.kill()?;
+        }
         if let Some(net) = &rec.network {
             self.detach_network(net).await?;
         }
@@ -238,11 +289,9 @@ impl Runtime {
             namespaces::remove(ns)?;
         }
         match std::fs::remove_dir_all(self.sandbox_dir(&rec.id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
         }
-        self.sandboxes.remove(&rec.id)?;
-        Ok(())
     }
 
     pub fn sandbox(&self, id: &str) -> Option<SandboxRecord> {

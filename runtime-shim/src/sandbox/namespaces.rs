@@ -108,6 +108,17 @@ pub fn unpin(target: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes the pin file at `target` if no namespace is mounted on it (what a crash
+/// between creating the file and the bind mount leaves).
+pub fn remove_unmounted(target: &Path) -> io::Result<()> {
+    const NSFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x6e73_6673);
+    match nix::sys::statfs::statfs(target) {
+        Ok(fs) if fs.filesystem_type() != NSFS_MAGIC => std::fs::remove_file(target),
+        Err(nix::errno::Errno::ENOENT) | Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn remove(ns: &PodNamespaces) -> io::Result<()> {
     for p in [&ns.net, &ns.ipc, &ns.uts].into_iter().flatten() {
         unpin(p)?;

@@ -145,7 +145,8 @@ fn pod_config(i: usize, log_dir: &str) -> PodSandboxConfig {
         }),
         hostname: format!("bench-{i}"),
         log_directory: format!("{log_dir}/{i}"),
-        linux: Some(LinuxPodSandboxConfig::default()),
+        // What a kubelet sends (containerd runs its pause container either way).
+        linux: Some(node_tests::runtime_shim::kubelet_linux_config()),
         ..Default::default()
     }
 }
