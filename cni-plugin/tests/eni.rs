@@ -175,21 +175,10 @@ fn warm_eni_target_attaches_a_second_eni_that_pods_route_through_and_frees_it() 
     let mut on_second = None;
     let mut plugin_pods = Vec::new();
     for i in 0..10 {
-        let ns = w.pod_netns(&format!("p{i}"));
+        let (ns, ip) = w.plugin_add(&format!("p{i}"));
         plugin_pods.push(ns.clone());
-        let out = w.cni("ADD", &ns, &w.conf());
-        assert!(
-            out.status.success(),
-            "ADD: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .trim_end_matches("/32")
-            .to_string();
-        assert!(w.ec2_secondary_ips().contains(&ip.parse().unwrap()));
+        assert!(w.ec2_secondary_ips().contains(&ip));
+        let ip = ip.to_string();
         if eni1_ips.contains(&ip) {
             on_second = Some((ns, ip));
             break;

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 mod common;
 mod eni_world;
+use cni_plugin::rpc::pb;
 use common::ip_json;
 use eni_world::{IPAMD, World, eventually, ip_of};
 
@@ -36,11 +37,7 @@ fn wait_prefixes(w: &World, count: usize, available: u32, timeout: Duration) -> 
         timeout,
         || {
             let s = w.status();
-            let ours: BTreeSet<Ipv4Net> = s
-                .enis
-                .iter()
-                .flat_map(|e| e.prefixes.iter().map(|p| p.parse().unwrap()))
-                .collect();
+            let ours = status_prefixes(&s);
             let ec2 = ec2_prefixes(w);
             let secondary = w.ec2_secondary_ips();
             if s.free - s.cooldown == available
@@ -111,23 +108,12 @@ fn ec2_query(w: &World, action: &str, params: &[(&str, &str)]) -> Result<String,
     }
 }
 
-/// ADD through the plugin in a new pod namespace; the pod's namespace and IP.
-fn plugin_pod(w: &mut World, name: &str) -> (String, Ipv4Addr) {
-    let ns = w.pod_netns(name);
-    let out = w.cni("ADD", &ns, &w.conf());
-    assert!(
-        out.status.success(),
-        "ADD: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .parse()
-        .unwrap();
-    (ns, ip)
+/// The prefixes ipamd's pool uses, as Status lists them.
+fn status_prefixes(s: &pb::StatusReply) -> BTreeSet<Ipv4Net> {
+    s.enis
+        .iter()
+        .flat_map(|e| e.prefixes.iter().map(|p| p.parse().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -161,7 +147,7 @@ fn prefixes_are_assigned_pods_get_ips_inside_the_warm_prefix_holds_and_free_ones
 
     // A pod through the plugin: an IP inside the prefix, routed by the main table (the
     // primary ENI's), and the VPC delivers the answer to it.
-    let (ns, pod_ip) = plugin_pod(&mut w, "p0");
+    let (ns, pod_ip) = w.plugin_add("p0");
     assert!(prefix.contains(&pod_ip), "{pod_ip} not in {prefix}");
     let rules = ip_json(&["-n", &w.node_ns, "rule", "show"]);
     assert!(
@@ -318,7 +304,7 @@ fn a_subnet_without_a_free_aligned_28_falls_back_to_secondary_ips() {
     );
 
     // Pods get secondary IPs EC2 lists, and the VPC delivers to them.
-    let (ns, ip) = plugin_pod(&mut w, "f0");
+    let (ns, ip) = w.plugin_add("f0");
     assert!(w.ec2_secondary_ips().contains(&ip), "{ip}");
     assert!(subnet.contains(&ip));
     assert!(
@@ -350,12 +336,7 @@ fn kill_9_and_restart_keep_prefixes_and_the_addresses_pods_hold_in_them() {
     // Served right after the restart: the same prefixes, nothing asked of or given back
     // to EC2, and every pod keeps its address.
     let s = w.status();
-    let ours: BTreeSet<Ipv4Net> = s
-        .enis
-        .iter()
-        .flat_map(|e| e.prefixes.iter().map(|p| p.parse().unwrap()))
-        .collect();
-    assert_eq!(ours, before);
+    assert_eq!(status_prefixes(&s), before);
     assert_eq!((s.assigned, s.free - s.cooldown), (5, 27), "{s:?}");
     for (id, ip) in &held {
         let r = w.add(id).unwrap();

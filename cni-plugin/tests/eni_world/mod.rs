@@ -511,6 +511,25 @@ impl World {
         json!({"cniVersion": "1.1.0", "name": "pods", "type": "vpc-cni", "ipamdSocket": self.socket(), "mtu": 1500})
     }
 
+    /// ADD through the plugin in a new pod namespace; the pod's namespace and IP.
+    pub fn plugin_add(&mut self, name: &str) -> (String, Ipv4Addr) {
+        let ns = self.pod_netns(name);
+        let out = self.cni("ADD", &ns, &self.conf());
+        assert!(
+            out.status.success(),
+            "ADD: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/32")
+            .parse()
+            .unwrap();
+        (ns, ip)
+    }
+
     pub fn pod_netns(&mut self, name: &str) -> String {
         let ns = format!("vpccni-ep-{}-{name}", self.tag);
         run("ip", &["netns", "add", &ns]);
