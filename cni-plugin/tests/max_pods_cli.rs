@@ -85,8 +85,8 @@ fn eni_mode_refuses_bad_input_and_creates_nothing() {
         (&[], &[("WARM_IP_TARGET", "many")], "WARM_IP_TARGET"),
         (
             &[],
-            &[("ENABLE_PREFIX_DELEGATION", "true")],
-            "not implemented",
+            &[("ENABLE_PREFIX_DELEGATION", "yes")],
+            "ENABLE_PREFIX_DELEGATION",
         ),
         (&[], &[], "reading the instance's metadata"),
     ];

@@ -6,15 +6,19 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
 use tokio::time::Instant;
 
 use aws_config::BehaviorVersion;
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::error::DisplayErrorContext;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     Filter, NetworkInterface, NetworkInterfaceAttachmentChanges, ResourceType, Tag,
     TagSpecification,
 };
+
+/// EC2's error code when a subnet has no free aligned /28 left for a prefix.
+pub const INSUFFICIENT_CIDR_BLOCKS: &str = "InsufficientCidrBlocks";
 
 /// One ENI, as DescribeNetworkInterfaces reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +31,8 @@ pub struct Eni {
     pub primary_ip: Ipv4Addr,
     /// Every private IPv4 address but the primary.
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// Delegated IPv4 prefixes (/28s).
+    pub prefixes: Vec<Ipv4Net>,
     pub attachment: Option<EniAttachment>,
     pub tags: Vec<(String, String)>,
 }
@@ -47,14 +53,34 @@ pub struct NewEni {
     pub security_groups: Vec<String>,
     pub description: String,
     pub tags: Vec<(String, String)>,
+    /// Secondary IPs or /28 prefixes to create it with (EC2 takes one kind per call).
     pub secondary_ips: u32,
+    pub prefixes: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("EC2 {op}: {message}")]
 pub struct Ec2Error {
     pub op: &'static str,
+    /// EC2's error code (e.g. `InsufficientCidrBlocks`), when EC2 answered with one.
+    pub code: Option<String>,
     pub message: String,
+}
+
+impl Ec2Error {
+    /// An answer that made no sense to us (no EC2 error code).
+    fn bad_answer(op: &'static str, message: impl Into<String>) -> Ec2Error {
+        Ec2Error {
+            op,
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// EC2 has no free /28 in the subnet for a prefix.
+    pub fn is_insufficient_cidr_blocks(&self) -> bool {
+        self.code.as_deref() == Some(INSUFFICIENT_CIDR_BLOCKS)
+    }
 }
 
 /// The EC2 API as ipamd uses it.
@@ -91,6 +117,18 @@ pub trait Ec2: Send + Sync + 'static {
         &self,
         eni_id: &str,
         ips: &[Ipv4Addr],
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// Asks EC2 for `count` more /28 prefixes on the ENI in one call (prefix delegation);
+    /// [`Ec2Error::is_insufficient_cidr_blocks`] when the subnet has too few free.
+    fn assign_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    fn unassign_prefixes(
+        &self,
+        eni_id: &str,
+        prefixes: &[Ipv4Net],
     ) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 }
 
@@ -196,7 +234,7 @@ impl SdkEc2 {
                 .await
                 .map_err(|e| err(op, e))?;
             for ni in page.network_interfaces() {
-                out.push(convert(ni).map_err(|message| Ec2Error { op, message })?);
+                out.push(convert(ni).map_err(|message| Ec2Error::bad_answer(op, message))?);
             }
             match page.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -206,9 +244,14 @@ impl SdkEc2 {
     }
 }
 
-fn err(op: &'static str, e: impl std::error::Error) -> Ec2Error {
+fn err<E, R>(op: &'static str, e: SdkError<E, R>) -> Ec2Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
     Ec2Error {
         op,
+        code: e.code().map(str::to_string),
         message: DisplayErrorContext(e).to_string(),
     }
 }
@@ -229,6 +272,14 @@ fn convert(ni: &NetworkInterface) -> Result<Eni, String> {
         if !a.primary().unwrap_or(false) && ip != primary_ip {
             secondary_ips.push(ip);
         }
+    }
+    let mut prefixes = Vec::new();
+    for p in ni.ipv4_prefixes() {
+        let text = p.ipv4_prefix().unwrap_or_default();
+        let net: Ipv4Net = text
+            .parse()
+            .map_err(|_| format!("{id}: an IPv4 prefix that is not a CIDR: {text:?}"))?;
+        prefixes.push(net.trunc());
     }
     let attachment = ni.attachment().and_then(|a| {
         Some(EniAttachment {
@@ -251,6 +302,7 @@ fn convert(ni: &NetworkInterface) -> Result<Eni, String> {
             .collect(),
         primary_ip,
         secondary_ips,
+        prefixes,
         attachment,
         tags: ni
             .tag_set()
@@ -317,12 +369,14 @@ impl Ec2 for SdkEc2 {
         if new.secondary_ips > 0 {
             req = req.secondary_private_ip_address_count(new.secondary_ips as i32);
         }
+        if new.prefixes > 0 {
+            req = req.ipv4_prefix_count(new.prefixes as i32);
+        }
         let out = req.send().await.map_err(|e| err(OP, e))?;
-        let ni = out.network_interface().ok_or(Ec2Error {
-            op: OP,
-            message: "no NetworkInterface in the answer".into(),
-        })?;
-        convert(ni).map_err(|message| Ec2Error { op: OP, message })
+        let ni = out
+            .network_interface()
+            .ok_or_else(|| Ec2Error::bad_answer(OP, "no NetworkInterface in the answer"))?;
+        convert(ni).map_err(|message| Ec2Error::bad_answer(OP, message))
     }
 
     async fn attach_eni(
@@ -343,9 +397,8 @@ impl Ec2 for SdkEc2 {
             .map_err(|e| err("AttachNetworkInterface", e))?;
         let attachment_id = out
             .attachment_id()
-            .ok_or(Ec2Error {
-                op: "AttachNetworkInterface",
-                message: "no AttachmentId in the answer".into(),
+            .ok_or_else(|| {
+                Ec2Error::bad_answer("AttachNetworkInterface", "no AttachmentId in the answer")
             })?
             .to_string();
         self.limiter.acquire().await;
@@ -404,6 +457,30 @@ impl Ec2 for SdkEc2 {
             .unassign_private_ip_addresses()
             .network_interface_id(eni_id)
             .set_private_ip_addresses(Some(ips.iter().map(|ip| ip.to_string()).collect()))
+            .send()
+            .await
+            .map_err(|e| err("UnassignPrivateIpAddresses", e))?;
+        Ok(())
+    }
+
+    async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<(), Ec2Error> {
+        self.limiter.acquire().await;
+        self.client
+            .assign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .ipv4_prefix_count(count as i32)
+            .send()
+            .await
+            .map_err(|e| err("AssignPrivateIpAddresses", e))?;
+        Ok(())
+    }
+
+    async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), Ec2Error> {
+        self.limiter.acquire().await;
+        self.client
+            .unassign_private_ip_addresses()
+            .network_interface_id(eni_id)
+            .set_ipv4_prefixes(Some(prefixes.iter().map(|p| p.to_string()).collect()))
             .send()
             .await
             .map_err(|e| err("UnassignPrivateIpAddresses", e))?;

@@ -265,6 +265,7 @@ fn status(socket: &std::path::Path) -> anyhow::Result<()> {
                     "primaryIP": e.primary_ip,
                     "routeTable": e.route_table,
                     "ips": e.ips,
+                    "prefixes": e.prefixes,
                     "assigned": e.assigned,
                 })
             })

@@ -19,6 +19,11 @@ pub struct EniConfig {
     pub minimum_ip_target: Option<u32>,
     /// MAX_ENI (unset or negative: the instance type's limit).
     pub max_eni: Option<u32>,
+    /// ENABLE_PREFIX_DELEGATION (default false): pods get addresses out of /28 prefixes
+    /// assigned to the ENIs (Nitro instances only).
+    pub prefix_delegation: bool,
+    /// WARM_PREFIX_TARGET (default 1): free prefixes to keep, with prefix delegation.
+    pub warm_prefix_target: u32,
     /// IP_COOLDOWN_PERIOD, in seconds (default 30).
     pub cooldown_ms: u64,
     /// CLUSTER_NAME: tags the ENIs we create with `cluster.k8s.amazonaws.com/name`.
@@ -47,6 +52,7 @@ pub const ENV_VARS: &[&str] = &[
     "CLUSTER_NAME",
     "ADDITIONAL_ENI_TAGS",
     "ENABLE_PREFIX_DELEGATION",
+    "WARM_PREFIX_TARGET",
     "AWS_VPC_K8S_CNI_EXTERNALSNAT",
     "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
     "AWS_VPC_K8S_CNI_RANDOMIZESNAT",
@@ -81,21 +87,15 @@ impl EniConfig {
                 Some(n) => Err(format!("{k}={n} must be 0 or more")),
             }
         };
-        if let Some(v) = get("ENABLE_PREFIX_DELEGATION") {
-            match v.as_str() {
-                "false" => {}
-                "true" => {
-                    return Err(
-                        "ENABLE_PREFIX_DELEGATION=true: prefix delegation is not implemented by this ipamd yet; unset it (pods then get secondary IPs)".into(),
-                    );
-                }
-                _ => {
-                    return Err(format!(
-                        "ENABLE_PREFIX_DELEGATION={v:?} must be true or false"
-                    ));
-                }
+        let prefix_delegation = match get("ENABLE_PREFIX_DELEGATION").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => {
+                return Err(format!(
+                    "ENABLE_PREFIX_DELEGATION={v:?} must be true or false"
+                ));
             }
-        }
+        };
         let max_eni = match int("MAX_ENI")? {
             // aws-node's default is -1: no limit beyond the instance type's.
             None => None,
@@ -155,6 +155,9 @@ impl EniConfig {
             warm_ip_target: count("WARM_IP_TARGET")?.filter(|n| *n > 0),
             minimum_ip_target: count("MINIMUM_IP_TARGET")?.filter(|n| *n > 0),
             max_eni,
+            prefix_delegation,
+            // The value aws-node's manifests set: one /28 ready for the next pods.
+            warm_prefix_target: count("WARM_PREFIX_TARGET")?.unwrap_or(1),
             cooldown_ms: cooldown_s.map_or(COOLDOWN_MS, |s| u64::from(s) * 1000),
             cluster_name: get("CLUSTER_NAME"),
             additional_eni_tags,
@@ -188,6 +191,27 @@ mod tests {
         assert!(c.additional_eni_tags.is_empty());
         assert!(!c.external_snat && c.exclude_snat_cidrs.is_empty());
         assert_eq!(c.randomize_snat, Randomize::Prng);
+        assert!(!c.prefix_delegation);
+        assert_eq!(c.warm_prefix_target, 1);
+    }
+
+    #[test]
+    fn prefix_delegation_and_its_warm_target() {
+        let c = parse(&[("ENABLE_PREFIX_DELEGATION", "true")]).unwrap();
+        assert!(c.prefix_delegation);
+        assert_eq!(c.warm_prefix_target, 1);
+        let c = parse(&[
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("WARM_PREFIX_TARGET", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.warm_prefix_target, 0);
+        assert_eq!(
+            parse(&[("WARM_PREFIX_TARGET", "3")])
+                .unwrap()
+                .warm_prefix_target,
+            3
+        );
     }
 
     #[test]
@@ -242,8 +266,9 @@ mod tests {
             ("WARM_ENI_TARGET", "-2"),
             ("MAX_ENI", "0"),
             ("ADDITIONAL_ENI_TAGS", "[1]"),
-            ("ENABLE_PREFIX_DELEGATION", "true"),
             ("ENABLE_PREFIX_DELEGATION", "yes"),
+            ("WARM_PREFIX_TARGET", "-1"),
+            ("WARM_PREFIX_TARGET", "one"),
             ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "1"),
             ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "10.0.0.0/8,nope"),
             ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "always"),

@@ -1,13 +1,18 @@
 //! ipamd's eni mode: the allocator the gRPC service uses ([`EniAllocator`], no EC2 calls
 //! on the ADD path) and the reconcile loop ([`Reconciler`]) that keeps the instance's
-//! ENIs and secondary IPs at the warm targets through EC2 and sets up each ENI's
-//! interface and route table on the node.
+//! ENIs and secondary IPs (or /28 prefixes, with prefix delegation) at the warm targets
+//! through EC2 and sets up each ENI's interface and route table on the node.
 //!
 //! EC2 is the source of truth: every pass starts with one DescribeNetworkInterfaces of
-//! the instance, and the pool uses exactly the secondary IPs EC2 lists on ENIs whose
-//! interface is set up. Changes go one way each: new IPs are asked from EC2 and join
-//! the pool when the next describe lists them; IPs to release leave the pool first
-//! (under the lock, so no ADD can pick them) and are then unassigned.
+//! the instance, and the pool uses exactly the secondary IPs and prefixes EC2 lists on
+//! ENIs whose interface is set up. Changes go one way each: new IPs or prefixes are
+//! asked from EC2 and join the pool when the next describe lists them; those to release
+//! leave the pool first (under the lock, so no ADD can pick them) and are then
+//! unassigned.
+//!
+//! With prefix delegation, an InsufficientCidrBlocks answer (no free aligned /28 left in
+//! the subnet) switches the loop to secondary IPs for [`PREFIX_RETRY`] (see
+//! [`WarmTargets::fallback`]), then it asks for prefixes again.
 
 pub mod config;
 
@@ -19,11 +24,11 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use tokio::sync::Notify;
 
-use crate::aws::ec2::{Ec2, Eni, NewEni};
+use crate::aws::ec2::{Ec2, Ec2Error, Eni, NewEni};
 use crate::aws::imds::{Imds, InstanceMetadata};
-use crate::aws::limits::Limits;
+use crate::aws::limits::{Hypervisor, Limits};
 use crate::ipam::eni::{EniIpam, SyncReport, route_table};
-use crate::ipam::warm::{Action, Counts, WarmTargets};
+use crate::ipam::warm::{Action, Counts, Source, WarmTargets};
 use crate::ipam::{Added, AttachmentKey, AttachmentMeta, IpamError, now_ms};
 use crate::net::snat::Snat;
 use crate::net::{EniNetwork, MacAddr, host_netlink, setup_eni_network};
@@ -39,6 +44,9 @@ pub const TAG_CLUSTER_NAME: &str = "cluster.k8s.amazonaws.com/name";
 const PLUG_WAIT: Duration = Duration::from_secs(15);
 /// A pass stops after this many EC2 changes, so one bad answer cannot spin it.
 const MAX_STEPS_PER_PASS: usize = 8;
+/// How long pods get secondary IPs after EC2 said the subnet has no free /28, before
+/// prefixes are asked for again (one failing call a minute at most).
+pub const PREFIX_RETRY: Duration = Duration::from_secs(60);
 
 /// The pool the gRPC service and the reconcile loop share.
 pub struct EniAllocator {
@@ -93,9 +101,10 @@ impl Allocator for EniAllocator {
                 device_index: e.device_index,
                 primary_ip: e.primary_ip.to_string(),
                 ips: e.ips.iter().map(Ipv4Addr::to_string).collect(),
+                prefixes: e.prefixes.iter().map(Ipv4Net::to_string).collect(),
                 route_table: route_table(e.device_index),
                 assigned: e
-                    .ips
+                    .addresses
                     .iter()
                     .filter(|ip| pool.holder(**ip).is_some())
                     .map(Ipv4Addr::to_string)
@@ -139,6 +148,8 @@ pub struct Reconciler<E> {
     stuck: Option<String>,
     /// `None` with AWS_VPC_K8S_CNI_EXTERNALSNAT=true.
     snat: Option<Snat>,
+    /// Prefix delegation found no free /28: secondary IPs until then.
+    prefix_fallback_until: Option<Instant>,
 }
 
 /// The targets for this instance type and configuration.
@@ -146,13 +157,27 @@ pub fn warm_targets(config: &EniConfig, limits: &Limits) -> WarmTargets {
     let max_enis = config
         .max_eni
         .map_or(limits.max_enis, |m| m.min(limits.max_enis));
+    // EC2 delegates prefixes on Nitro instances only; elsewhere aws-node (and
+    // `ipamd max-pods --prefix-delegation`) fall back to secondary IPs.
+    let source = if prefix_delegation_supported(config, limits) {
+        Source::Prefixes {
+            warm_prefix: config.warm_prefix_target,
+        }
+    } else {
+        Source::SecondaryIps
+    };
     WarmTargets {
         warm_eni: config.warm_eni_target,
         warm_ip: config.warm_ip_target,
         minimum_ip: config.minimum_ip_target,
         max_enis,
         ips_per_eni: limits.ipv4_per_eni.saturating_sub(1),
+        source,
     }
+}
+
+fn prefix_delegation_supported(config: &EniConfig, limits: &Limits) -> bool {
+    config.prefix_delegation && limits.hypervisor == Hypervisor::Nitro
 }
 
 /// AWS keeps the network address, the next three and the broadcast address of every
@@ -219,6 +244,12 @@ impl<E: Ec2> Reconciler<E> {
             instance,
         };
         let targets = warm_targets(&config, limits);
+        if config.prefix_delegation && !prefix_delegation_supported(&config, limits) {
+            tracing::warn!(
+                instance_type = %node.instance.instance_type,
+                "ENABLE_PREFIX_DELEGATION=true, but EC2 delegates prefixes on Nitro instances only: pods get secondary IPs (max-pods --prefix-delegation gives the secondary-IP number for this type too)"
+            );
+        }
         let wake = Arc::new(Notify::new());
         let state = Arc::new(Mutex::new(EniAllocator {
             ipam,
@@ -238,6 +269,7 @@ impl<E: Ec2> Reconciler<E> {
             subnets: HashMap::new(),
             stuck: None,
             snat,
+            prefix_fallback_until: None,
         })
     }
 
@@ -247,6 +279,34 @@ impl<E: Ec2> Reconciler<E> {
 
     pub fn targets(&self) -> WarmTargets {
         self.targets
+    }
+
+    /// The targets this pass works towards: the configured ones, or their secondary-IP
+    /// fallback while the subnet has no free /28. The allocator gets them too, so that
+    /// an ADD wakes the loop only for a shortfall the loop can act on.
+    fn current_targets(&mut self) -> WarmTargets {
+        if self
+            .prefix_fallback_until
+            .is_some_and(|t| Instant::now() >= t)
+        {
+            tracing::info!("asking EC2 for /28 prefixes again");
+            self.prefix_fallback_until = None;
+        }
+        let targets = match self.prefix_fallback_until {
+            Some(_) => self.targets.fallback(),
+            None => self.targets,
+        };
+        self.lock().targets = targets;
+        targets
+    }
+
+    /// EC2 found no free /28 in the subnet: secondary IPs for the next [`PREFIX_RETRY`].
+    fn fall_back_to_ips(&mut self, e: &Ec2Error) {
+        tracing::warn!(
+            subnet = %self.node.subnet_id,
+            "EC2 answered InsufficientCidrBlocks: the subnet has no free /28 for a prefix; pods get secondary IPs, and prefixes are asked for again in {PREFIX_RETRY:?} ({e})"
+        );
+        self.prefix_fallback_until = Some(Instant::now() + PREFIX_RETRY);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, EniAllocator> {
@@ -302,12 +362,13 @@ impl<E: Ec2> Reconciler<E> {
                 .attached_enis(&self.node.instance.instance_id)
                 .await?;
             let pending = self.sync(&enis).await;
+            let targets = self.current_targets();
             let action = {
                 let state = self.lock();
-                self.targets.decide(&state.ipam.usage(now_ms()), pending)
+                targets.decide(&state.ipam.usage(now_ms()), pending)
             };
             if action == Action::None {
-                self.note_stuck(&enis, pending);
+                self.note_stuck(&enis, pending, targets);
                 return Ok(());
             }
             tracing::info!(?action, "eni reconcile");
@@ -317,9 +378,9 @@ impl<E: Ec2> Reconciler<E> {
     }
 
     /// Says once why the pool stays short, if it does.
-    fn note_stuck(&mut self, enis: &[Eni], pending: bool) {
+    fn note_stuck(&mut self, enis: &[Eni], pending: bool, targets: WarmTargets) {
         let counts = self.lock().counts(now_ms());
-        let why = (self.targets.short(counts) > 0).then(|| {
+        let why = (targets.short(counts) > 0).then(|| {
             if pending {
                 "an attached ENI has no interface on this node yet".to_string()
             } else {
@@ -380,9 +441,16 @@ impl<E: Ec2> Reconciler<E> {
                 .copied()
                 .filter(|ip| subnet.contains(ip) && !aws_reserved(*subnet, *ip))
                 .collect();
-            let report = state
-                .ipam
-                .sync_eni(&eni.id, *device_index, eni.primary_ip, &ips);
+            let prefixes: BTreeSet<Ipv4Net> = eni
+                .prefixes
+                .iter()
+                .copied()
+                .filter(|p| subnet.contains(p))
+                .collect();
+            let report =
+                state
+                    .ipam
+                    .sync_eni(&eni.id, *device_index, eni.primary_ip, &ips, &prefixes);
             log_report(&eni.id, &report);
         }
         let ids: HashSet<&str> = enis
@@ -454,7 +522,20 @@ impl<E: Ec2> Reconciler<E> {
                 self.ec2.assign_ips(&eni, count).await?;
                 Ok(())
             }
-            Action::CreateEni { ips } => self.create_eni(ips, enis).await,
+            Action::AssignPrefixes { eni, count } => {
+                match self.ec2.assign_prefixes(&eni, count).await {
+                    Err(e) if e.is_insufficient_cidr_blocks() => self.fall_back_to_ips(&e),
+                    r => r?,
+                }
+                Ok(())
+            }
+            Action::CreateEni { ips, prefixes } => {
+                match self.create_eni(ips, prefixes, enis).await {
+                    Err(e) if e.is_insufficient_cidr_blocks() => self.fall_back_to_ips(&e),
+                    r => r?,
+                }
+                Ok(())
+            }
             Action::Unassign { eni, count } => {
                 let ips = self.lock().ipam.take_free(&eni, count, now_ms());
                 if !ips.is_empty() {
@@ -464,11 +545,20 @@ impl<E: Ec2> Reconciler<E> {
                 }
                 Ok(())
             }
+            Action::UnassignPrefixes { eni, count } => {
+                let prefixes = self.lock().ipam.take_prefixes(&eni, count, now_ms());
+                if !prefixes.is_empty() {
+                    tracing::info!(eni = %eni, ?prefixes, "releasing prefixes to EC2");
+                    // As with IPs: on failure the next sync puts them back.
+                    self.ec2.unassign_prefixes(&eni, &prefixes).await?;
+                }
+                Ok(())
+            }
             Action::FreeEni { eni } => self.free_eni(&eni, enis).await,
         }
     }
 
-    async fn create_eni(&mut self, ips: u32, enis: &[Eni]) -> anyhow::Result<()> {
+    async fn create_eni(&mut self, ips: u32, prefixes: u32, enis: &[Eni]) -> Result<(), Ec2Error> {
         let used: HashSet<u32> = enis
             .iter()
             .filter_map(|e| e.attachment.as_ref().map(|a| a.device_index))
@@ -488,9 +578,10 @@ impl<E: Ec2> Reconciler<E> {
             description: format!("aws-K8S-{instance_id}"),
             tags,
             secondary_ips: ips,
+            prefixes,
         };
         let eni = self.ec2.create_eni(&new).await?;
-        tracing::info!(eni = %eni.id, device_index, ips, "created an ENI");
+        tracing::info!(eni = %eni.id, device_index, ips, prefixes, "created an ENI");
         if let Err(e) = self
             .ec2
             .attach_eni(&eni.id, &instance_id, device_index)
@@ -500,7 +591,7 @@ impl<E: Ec2> Reconciler<E> {
             if let Err(d) = self.ec2.delete_eni(&eni.id).await {
                 tracing::warn!(eni = %eni.id, "deleting the ENI that failed to attach: {d}");
             }
-            return Err(e.into());
+            return Err(e);
         }
         tracing::info!(eni = %eni.id, device_index, "attached the ENI; waiting for its interface");
         let Ok(mac) = eni.mac.parse::<MacAddr>() else {
@@ -586,8 +677,14 @@ fn log_report(eni: &str, r: &SyncReport) {
     if !r.added.is_empty() {
         tracing::info!(eni, ips = ?r.added, "IPs joined the pool");
     }
+    if !r.added_prefixes.is_empty() {
+        tracing::info!(eni, prefixes = ?r.added_prefixes, "prefixes joined the pool");
+    }
     if !r.dropped.is_empty() {
         tracing::info!(eni, ips = ?r.dropped, "IPs EC2 no longer lists left the pool");
+    }
+    if !r.dropped_prefixes.is_empty() {
+        tracing::info!(eni, prefixes = ?r.dropped_prefixes, "prefixes EC2 no longer lists left the pool");
     }
     for (key, ip) in &r.orphaned {
         tracing::error!(
@@ -631,5 +728,48 @@ mod tests {
         assert_eq!(warm_targets(&c, limits).max_enis, 2);
         c.max_eni = Some(8);
         assert_eq!(warm_targets(&c, limits).max_enis, 3);
+    }
+
+    /// The pool's capacity with every slot of every ENI full, plus the host-network
+    /// pods: what `ipamd max-pods` tells the kubelet, before its ceiling.
+    fn capacity_pods(t: &WarmTargets) -> u32 {
+        let per_slot = match t.source {
+            Source::Prefixes { .. } => crate::ipam::warm::IPS_PER_PREFIX,
+            _ => 1,
+        };
+        t.max_enis * t.ips_per_eni * per_slot + 2
+    }
+
+    #[test]
+    fn prefix_delegation_on_nitro_only_and_max_pods_agrees() {
+        use crate::aws::limits::{MaxPodsOptions, max_pods};
+        let on = EniConfig::from_lookup(&|k| {
+            (k == "ENABLE_PREFIX_DELEGATION").then(|| "true".to_string())
+        })
+        .unwrap();
+        let pd = MaxPodsOptions {
+            prefix_delegation: true,
+            custom_networking: false,
+        };
+        // With prefixes the pool may hold more than max-pods' ceiling lets the kubelet
+        // run (t3.small: 3 ENIs x 3 slots x 16 + 2 = 146, max-pods 110), never less.
+        for (ty, nitro) in [("t3.small", true), ("m5.large", true), ("m4.large", false)] {
+            let limits = crate::aws::limits::limits(ty).unwrap();
+            let t = warm_targets(&on, limits);
+            assert_eq!(
+                matches!(t.source, Source::Prefixes { warm_prefix: 1 }),
+                nitro,
+                "{ty}"
+            );
+            let kubelet = max_pods(ty, pd).unwrap();
+            assert_eq!(kubelet, capacity_pods(&t).min(kubelet), "{ty}");
+            if !nitro {
+                assert_eq!(
+                    kubelet,
+                    capacity_pods(&t),
+                    "{ty}: the same secondary-IP number"
+                );
+            }
+        }
     }
 }

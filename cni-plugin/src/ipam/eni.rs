@@ -1,20 +1,23 @@
-//! The eni-mode allocator: the instance's ENIs and the secondary IPs EC2 lists on them,
-//! the assignments (a [`Pool`] over exactly those IPs), and the journal that makes them
+//! The eni-mode allocator: the instance's ENIs and the secondary IPs and /28 prefixes
+//! EC2 lists on them, the assignments (a [`Pool`] over exactly those addresses: each
+//! secondary IP, and every address of every prefix), and the journal that makes them
 //! survive a crash. No EC2 calls here: the reconcile loop ([`crate::eni`]) tells it what
-//! EC2 says with [`EniIpam::sync_eni`], and an ADD only ever picks an IP that EC2 listed
-//! on a set-up ENI of this instance.
+//! EC2 says with [`EniIpam::sync_eni`], and an ADD only ever picks an address that EC2
+//! listed on a set-up ENI of this instance. Prefixes are not journaled: EC2 lists them
+//! again after a restart, and the journaled assignments keep their addresses in them.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use ipnet::Ipv4Net;
 use nix::fcntl::Flock;
 
 use super::warm::EniUsage;
 use super::{
-    Added, AttachmentKey, AttachmentMeta, IpamError, Journal, PoolStats, Replay, journaled_add,
-    journaled_del, lock_state_dir,
+    Added, AttachmentKey, AttachmentMeta, IpamError, Journal, PoolStats, Replay,
+    journaled_add_picking, journaled_del, lock_state_dir,
 };
 use crate::ipam::Pool;
 
@@ -33,27 +36,42 @@ pub fn route_table(device_index: u32) -> u32 {
     }
 }
 
-/// One attached ENI whose interface is set up, and the IPs of it the pool uses.
+/// One attached ENI whose interface is set up, and the addresses of it the pool uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EniSlot {
     pub id: String,
     pub device_index: u32,
     /// Never given to a pod: it is the ENI's own address.
     pub primary_ip: Ipv4Addr,
+    /// The secondary IPs the pool uses.
     pub ips: BTreeSet<Ipv4Addr>,
+    /// The /28 prefixes EC2 lists on it.
+    pub prefixes: BTreeSet<Ipv4Net>,
+    /// Every address of it in the pool: `ips` and the prefixes' addresses.
+    pub addresses: BTreeSet<Ipv4Addr>,
+}
+
+/// Every address of a prefix: all of a delegated /28 is the ENI's, network and
+/// broadcast addresses included.
+pub fn prefix_addresses(p: Ipv4Net) -> impl Iterator<Item = Ipv4Addr> {
+    (u32::from(p.network())..=u32::from(p.broadcast())).map(Ipv4Addr::from)
 }
 
 /// What [`EniIpam::sync_eni`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncReport {
+    /// Secondary IPs that joined the pool.
     pub added: Vec<Ipv4Addr>,
-    /// Free IPs EC2 no longer lists: no longer handed out.
+    /// Free secondary IPs EC2 no longer lists: no longer handed out.
     pub dropped: Vec<Ipv4Addr>,
-    /// Assigned IPs EC2 no longer lists: their pods keep them (we cannot take an address
+    /// Prefixes whose addresses joined the pool, or left it (the free ones).
+    pub added_prefixes: Vec<Ipv4Net>,
+    pub dropped_prefixes: Vec<Ipv4Net>,
+    /// Assigned addresses EC2 no longer lists: their pods keep them (we cannot take an address
     /// back from a running pod) but their traffic will not flow; an operator must act.
     pub orphaned: Vec<(AttachmentKey, Ipv4Addr)>,
-    /// IPs EC2 lists on this ENI that another ENI already holds (the emulator can do
-    /// that; AWS never does): not used twice.
+    /// Addresses EC2 lists on this ENI that another ENI already holds (the emulator can
+    /// do that; AWS never does), or twice on this one: not used twice.
     pub duplicates: Vec<Ipv4Addr>,
 }
 
@@ -95,7 +113,7 @@ impl EniIpam {
 
     /// The ENI holding `ip`, if one does.
     fn eni_of(&self, ip: Ipv4Addr) -> Option<&EniSlot> {
-        self.enis.values().find(|e| e.ips.contains(&ip))
+        self.enis.values().find(|e| e.addresses.contains(&ip))
     }
 
     /// Assigns an IP to `key` (or returns the one it holds), on disk before this returns.
@@ -105,7 +123,15 @@ impl EniIpam {
         meta: AttachmentMeta,
         now_ms: u64,
     ) -> Result<Added, IpamError> {
-        let (ip, existing) = journaled_add(&mut self.pool, &mut self.journal, key, meta, now_ms)?;
+        let enis = &self.enis;
+        let (ip, existing) = journaled_add_picking(
+            &mut self.pool,
+            &mut self.journal,
+            key,
+            meta,
+            now_ms,
+            |pool| pick_packed(enis, pool, now_ms),
+        )?;
         // An IP no ENI holds any more can only be a replayed one EC2 dropped: its pod's
         // rules are in the main table's hands.
         let route_table = self
@@ -124,56 +150,73 @@ impl EniIpam {
         journaled_del(&mut self.pool, &mut self.journal, key, now_ms)
     }
 
-    /// Makes the pool's view of ENI `id` what EC2 says: `ips` are the secondary IPs EC2
-    /// lists on it (the ENI's primary and AWS-reserved addresses already left out).
+    /// Makes the pool's view of ENI `id` what EC2 says: `ips` are the secondary IPs
+    /// and `prefixes` the /28s EC2 lists on it (the ENI's primary and AWS-reserved
+    /// addresses already left out).
     pub fn sync_eni(
         &mut self,
         id: &str,
         device_index: u32,
         primary_ip: Ipv4Addr,
         ips: &BTreeSet<Ipv4Addr>,
+        prefixes: &BTreeSet<Ipv4Net>,
     ) -> SyncReport {
         let mut report = SyncReport::default();
         let taken: HashSet<Ipv4Addr> = self
             .enis
             .values()
             .filter(|e| e.id != id)
-            .flat_map(|e| e.ips.iter().copied())
+            .flat_map(|e| e.addresses.iter().copied())
             .collect();
         let slot = self.enis.entry(id.to_string()).or_insert_with(|| EniSlot {
             id: id.to_string(),
             device_index,
             primary_ip,
             ips: BTreeSet::new(),
+            prefixes: BTreeSet::new(),
+            addresses: BTreeSet::new(),
         });
         slot.device_index = device_index;
         slot.primary_ip = primary_ip;
-        let gone: Vec<Ipv4Addr> = slot.ips.difference(ips).copied().collect();
+        // What EC2 lists that can be this ENI's, secondary IPs first.
+        let mut want: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let listed = ips
+            .iter()
+            .copied()
+            .chain(prefixes.iter().flat_map(|p| prefix_addresses(*p)));
+        for ip in listed {
+            if taken.contains(&ip) || ip == primary_ip || !want.insert(ip) {
+                report.duplicates.push(ip);
+            }
+        }
+        let want_ips: BTreeSet<Ipv4Addr> = ips.intersection(&want).copied().collect();
+        let gone: Vec<Ipv4Addr> = slot.addresses.difference(&want).copied().collect();
         for ip in gone {
-            slot.ips.remove(&ip);
+            slot.addresses.remove(&ip);
             self.pool.remove_address(ip);
             match self.pool.holder(ip) {
                 Some(key) => report.orphaned.push((key.clone(), ip)),
-                None => report.dropped.push(ip),
+                None if slot.ips.contains(&ip) => report.dropped.push(ip),
+                None => {}
             }
         }
-        for ip in ips {
-            if slot.ips.contains(ip) {
-                continue;
+        for ip in &want {
+            if slot.addresses.insert(*ip) {
+                self.pool.add_address(*ip);
+                if want_ips.contains(ip) {
+                    report.added.push(*ip);
+                }
             }
-            if taken.contains(ip) || *ip == primary_ip {
-                report.duplicates.push(*ip);
-                continue;
-            }
-            slot.ips.insert(*ip);
-            self.pool.add_address(*ip);
-            report.added.push(*ip);
         }
+        report.added_prefixes = prefixes.difference(&slot.prefixes).copied().collect();
+        report.dropped_prefixes = slot.prefixes.difference(prefixes).copied().collect();
+        slot.ips = want_ips;
+        slot.prefixes = prefixes.clone();
         report
     }
 
     /// Forgets every ENI not in `attached` (detached behind our back, or freed); returns
-    /// the reports for their IPs, as [`EniIpam::sync_eni`] with no IPs would.
+    /// the reports for their addresses, as [`EniIpam::sync_eni`] with none would.
     pub fn retain_enis(&mut self, attached: &HashSet<&str>) -> Vec<(String, SyncReport)> {
         let gone: Vec<(String, u32, Ipv4Addr)> = self
             .enis
@@ -183,50 +226,78 @@ impl EniIpam {
             .collect();
         gone.into_iter()
             .map(|(id, idx, primary)| {
-                let report = self.sync_eni(&id, idx, primary, &BTreeSet::new());
+                let report = self.sync_eni(&id, idx, primary, &BTreeSet::new(), &BTreeSet::new());
                 self.enis.remove(&id);
                 (id, report)
             })
             .collect()
     }
 
-    /// Takes up to `count` of ENI `id`'s available IPs out of the pool (so no ADD can
-    /// get them) and returns them, to be unassigned through EC2. Highest IPs first.
+    /// Takes up to `count` of ENI `id`'s available secondary IPs out of the pool (so no
+    /// ADD can get them) and returns them, to be unassigned through EC2. Highest first.
     pub fn take_free(&mut self, id: &str, count: u32, now_ms: u64) -> Vec<Ipv4Addr> {
-        let Some(slot) = self.enis.get(id) else {
+        let Some(slot) = self.enis.get_mut(id) else {
             return Vec::new();
         };
+        let pool = &mut self.pool;
         let taken: Vec<Ipv4Addr> = slot
             .ips
             .iter()
             .rev()
             .copied()
-            .filter(|ip| self.pool.is_available(*ip, now_ms))
+            .filter(|ip| pool.is_available(*ip, now_ms))
             .take(count as usize)
             .collect();
-        let slot = self.enis.get_mut(id).expect("looked up above");
         for ip in &taken {
             slot.ips.remove(ip);
-            self.pool.remove_address(*ip);
+            slot.addresses.remove(ip);
+            pool.remove_address(*ip);
         }
         taken
     }
 
-    /// Takes ENI `id` out of the pool if none of its IPs is assigned or cooling down;
-    /// returns whether it did (then it may be detached).
+    /// Takes up to `count` of ENI `id`'s prefixes none of whose addresses is assigned or
+    /// cooling down out of the pool, and returns them, to be unassigned through EC2.
+    /// Highest first.
+    pub fn take_prefixes(&mut self, id: &str, count: u32, now_ms: u64) -> Vec<Ipv4Net> {
+        let Some(slot) = self.enis.get_mut(id) else {
+            return Vec::new();
+        };
+        let pool = &mut self.pool;
+        let taken: Vec<Ipv4Net> = slot
+            .prefixes
+            .iter()
+            .rev()
+            .copied()
+            .filter(|p| prefix_free(pool, &slot.addresses, *p, now_ms))
+            .take(count as usize)
+            .collect();
+        for p in &taken {
+            slot.prefixes.remove(p);
+            for ip in prefix_addresses(*p) {
+                if slot.addresses.remove(&ip) {
+                    pool.remove_address(ip);
+                }
+            }
+        }
+        taken
+    }
+
+    /// Takes ENI `id` out of the pool if none of its addresses is assigned or cooling
+    /// down; returns whether it did (then it may be detached).
     pub fn take_eni(&mut self, id: &str, now_ms: u64) -> bool {
         let Some(slot) = self.enis.get(id) else {
             return false;
         };
         if slot
-            .ips
+            .addresses
             .iter()
             .any(|ip| !self.pool.is_available(*ip, now_ms))
         {
             return false;
         }
         let slot = self.enis.remove(id).expect("looked up above");
-        for ip in slot.ips {
+        for ip in slot.addresses {
             self.pool.remove_address(ip);
         }
         true
@@ -241,13 +312,24 @@ impl EniIpam {
                 device_index: e.device_index,
                 primary: e.device_index == 0,
                 ips: e.ips.len() as u32,
-                assigned: e
+                prefixes: e.prefixes.len() as u32,
+                free_prefixes: e
+                    .prefixes
+                    .iter()
+                    .filter(|p| prefix_free(&self.pool, &e.addresses, **p, now_ms))
+                    .count() as u32,
+                free_ips: e
                     .ips
+                    .iter()
+                    .filter(|ip| self.pool.is_available(**ip, now_ms))
+                    .count() as u32,
+                assigned: e
+                    .addresses
                     .iter()
                     .filter(|ip| self.pool.holder(**ip).is_some())
                     .count() as u32,
                 cooling: e
-                    .ips
+                    .addresses
                     .iter()
                     .filter(|ip| {
                         self.pool.holder(**ip).is_none() && self.pool.is_cooling(**ip, now_ms)
@@ -274,6 +356,47 @@ impl EniIpam {
     }
 }
 
+/// The address a new pod gets: in the busiest prefix that has one available (so that
+/// the other prefixes stay entirely free, for the warm target or for release), lowest
+/// first; without an available prefix address, the pool's lowest secondary IP.
+fn pick_packed(
+    enis: &BTreeMap<String, EniSlot>,
+    pool: &Pool,
+    now_ms: u64,
+) -> Result<Ipv4Addr, IpamError> {
+    let mut best: Option<(std::cmp::Reverse<usize>, Ipv4Addr)> = None;
+    for slot in enis.values() {
+        for p in &slot.prefixes {
+            let mut busy = 0;
+            let mut first = None;
+            for ip in prefix_addresses(*p).filter(|ip| slot.addresses.contains(ip)) {
+                if !pool.is_available(ip, now_ms) {
+                    busy += 1;
+                } else if first.is_none() {
+                    first = Some(ip);
+                }
+            }
+            if let Some(ip) = first {
+                let key = (std::cmp::Reverse(busy), ip);
+                if best.is_none_or(|b| key < b) {
+                    best = Some(key);
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, ip)) => Ok(ip),
+        None => pool.pick(now_ms),
+    }
+}
+
+/// Whether none of the prefix's addresses in the pool is assigned or cooling down.
+fn prefix_free(pool: &Pool, addresses: &BTreeSet<Ipv4Addr>, p: Ipv4Net, now_ms: u64) -> bool {
+    prefix_addresses(p)
+        .filter(|ip| addresses.contains(ip))
+        .all(|ip| pool.is_available(ip, now_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +413,10 @@ mod tests {
         ips.iter().map(|i| ip(*i)).collect()
     }
 
+    fn none() -> BTreeSet<Ipv4Net> {
+        BTreeSet::new()
+    }
+
     const COOL: u64 = 1_000;
 
     #[test]
@@ -301,8 +428,8 @@ mod tests {
             .add(key("a"), AttachmentMeta::default(), 0)
             .unwrap_err();
         assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
-        ipam.sync_eni("eni-0", 0, ip(10), &set(&[11]));
-        ipam.sync_eni("eni-1", 1, ip(20), &set(&[21, 22]));
+        ipam.sync_eni("eni-0", 0, ip(10), &set(&[11]), &none());
+        ipam.sync_eni("eni-1", 1, ip(20), &set(&[21, 22]), &none());
         let a = ipam.add(key("a"), AttachmentMeta::default(), 0).unwrap();
         assert_eq!(
             (a.ip, a.route_table, a.existing),
@@ -323,15 +450,15 @@ mod tests {
     fn sync_drops_free_ips_keeps_assigned_ones_and_skips_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ipam, _) = EniIpam::open(dir.path(), COOL, 0).unwrap();
-        ipam.sync_eni("eni-0", 0, ip(10), &set(&[11, 12, 13]));
+        ipam.sync_eni("eni-0", 0, ip(10), &set(&[11, 12, 13]), &none());
         let a = ipam.add(key("a"), AttachmentMeta::default(), 0).unwrap();
         assert_eq!(a.ip, ip(11));
-        let r = ipam.sync_eni("eni-0", 0, ip(10), &set(&[13, 14]));
+        let r = ipam.sync_eni("eni-0", 0, ip(10), &set(&[13, 14]), &none());
         assert_eq!(r.added, vec![ip(14)]);
         assert_eq!(r.dropped, vec![ip(12)]);
         assert_eq!(r.orphaned, vec![(key("a"), ip(11))]);
         // The same IP on another ENI, and an ENI's own primary, are never pool IPs.
-        let r = ipam.sync_eni("eni-1", 1, ip(20), &set(&[14, 20, 21]));
+        let r = ipam.sync_eni("eni-1", 1, ip(20), &set(&[14, 20, 21]), &none());
         assert_eq!(r.added, vec![ip(21)]);
         assert_eq!(r.duplicates, vec![ip(14), ip(20)]);
         // An ENI that went away takes its free IPs along.
@@ -345,8 +472,8 @@ mod tests {
     fn taking_ips_and_enis_for_release_respects_holders_and_cooldown() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ipam, _) = EniIpam::open(dir.path(), COOL, 0).unwrap();
-        ipam.sync_eni("eni-0", 0, ip(10), &set(&[11, 12, 13]));
-        ipam.sync_eni("eni-1", 1, ip(20), &set(&[21]));
+        ipam.sync_eni("eni-0", 0, ip(10), &set(&[11, 12, 13]), &none());
+        ipam.sync_eni("eni-1", 1, ip(20), &set(&[21]), &none());
         ipam.add(key("a"), AttachmentMeta::default(), 0).unwrap();
         ipam.add(key("b"), AttachmentMeta::default(), 0).unwrap();
         ipam.del(&key("b"), 10).unwrap();
@@ -369,14 +496,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut ipam, _) = EniIpam::open(dir.path(), COOL, 0).unwrap();
-            ipam.sync_eni("eni-1", 1, ip(20), &set(&[21, 22]));
+            ipam.sync_eni("eni-1", 1, ip(20), &set(&[21, 22]), &none());
             ipam.add(key("a"), AttachmentMeta::default(), 0).unwrap();
             ipam.add(key("b"), AttachmentMeta::default(), 0).unwrap();
             ipam.del(&key("a"), 100).unwrap();
         }
         let (mut ipam, replay) = EniIpam::open(dir.path(), COOL, 200).unwrap();
         assert_eq!(replay.records, 3);
-        ipam.sync_eni("eni-1", 1, ip(20), &set(&[21, 22, 23]));
+        ipam.sync_eni("eni-1", 1, ip(20), &set(&[21, 22, 23]), &none());
         let b = ipam.add(key("b"), AttachmentMeta::default(), 200).unwrap();
         assert_eq!((b.ip, b.route_table, b.existing), (ip(22), 2, true));
         // .21 is still cooling down after the restart.
@@ -386,5 +513,116 @@ mod tests {
                 .ip,
             ip(23)
         );
+    }
+
+    fn prefix(last: u8) -> Ipv4Net {
+        Ipv4Net::new(ip(last), 28).unwrap()
+    }
+
+    #[test]
+    fn prefixes_give_all_their_addresses_and_go_back_only_entirely_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ipam, _) = EniIpam::open(dir.path(), COOL, 0).unwrap();
+        let two = BTreeSet::from([prefix(32), prefix(48)]);
+        let r = ipam.sync_eni("eni-1", 1, ip(20), &set(&[21]), &two);
+        assert_eq!(r.added, vec![ip(21)]);
+        assert_eq!(r.added_prefixes, vec![prefix(32), prefix(48)]);
+        assert_eq!(ipam.stats(0).free, 33);
+        // Pods go into one prefix, its network address included, before the secondary IP.
+        let a = ipam.add(key("a"), AttachmentMeta::default(), 0).unwrap();
+        let b = ipam.add(key("b"), AttachmentMeta::default(), 0).unwrap();
+        assert_eq!((a.ip, b.ip, b.route_table), (ip(32), ip(33), 2));
+        let u = &ipam.usage(0)[0];
+        assert_eq!(
+            (u.ips, u.prefixes, u.free_prefixes, u.free_ips, u.assigned),
+            (1, 2, 1, 1, 2)
+        );
+        // Only the unused prefix can go; prefixes and secondary IPs go separately.
+        assert_eq!(ipam.take_prefixes("eni-1", 2, 0), vec![prefix(48)]);
+        assert_eq!(ipam.take_free("eni-1", 5, 0), vec![ip(21)]);
+        assert_eq!(ipam.stats(0).free, 14);
+        // Released addresses keep their prefix until their cooldown is over.
+        ipam.del(&key("a"), 10).unwrap();
+        ipam.del(&key("b"), 10).unwrap();
+        assert!(ipam.take_prefixes("eni-1", 1, 20).is_empty());
+        assert!(!ipam.take_eni("eni-1", 20));
+        assert_eq!(ipam.take_prefixes("eni-1", 1, 10 + COOL), vec![prefix(32)]);
+        assert!(ipam.take_eni("eni-1", 10 + COOL));
+    }
+
+    #[test]
+    fn a_prefix_ec2_drops_orphans_its_holders_and_overlaps_are_not_used_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ipam, _) = EniIpam::open(dir.path(), COOL, 0).unwrap();
+        ipam.sync_eni("eni-0", 0, ip(10), &set(&[33]), &none());
+        let r = ipam.sync_eni(
+            "eni-1",
+            1,
+            ip(20),
+            &none_ips(),
+            &BTreeSet::from([prefix(32)]),
+        );
+        assert_eq!(r.duplicates, vec![ip(33)]);
+        assert_eq!(ipam.usage(0)[1].free_prefixes, 1);
+        let a = ipam.add(key("a"), AttachmentMeta::default(), 0).unwrap();
+        assert_eq!((a.ip, a.route_table), (ip(32), 2));
+        let r = ipam.sync_eni("eni-1", 1, ip(20), &none_ips(), &none());
+        assert_eq!(r.orphaned, vec![(key("a"), ip(32))]);
+        assert_eq!(r.dropped_prefixes, vec![prefix(32)]);
+        assert!(r.dropped.is_empty(), "{r:?}");
+        assert_eq!(ipam.stats(0).free, 1);
+    }
+
+    #[test]
+    fn assignments_in_a_prefix_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = BTreeSet::from([prefix(48)]);
+        {
+            let (mut ipam, _) = EniIpam::open(dir.path(), COOL, 0).unwrap();
+            ipam.sync_eni("eni-0", 0, ip(10), &none_ips(), &p);
+            ipam.add(key("a"), AttachmentMeta::default(), 0).unwrap();
+        }
+        let (mut ipam, _) = EniIpam::open(dir.path(), COOL, 0).unwrap();
+        ipam.sync_eni("eni-0", 0, ip(10), &none_ips(), &p);
+        let a = ipam.add(key("a"), AttachmentMeta::default(), 0).unwrap();
+        assert_eq!(
+            (a.ip, a.existing, a.route_table),
+            (ip(48), true, MAIN_TABLE)
+        );
+        assert_eq!(ipam.usage(0)[0].free_prefixes, 0);
+        assert_eq!(
+            ipam.add(key("b"), AttachmentMeta::default(), 0).unwrap().ip,
+            ip(49)
+        );
+    }
+
+    fn none_ips() -> BTreeSet<Ipv4Addr> {
+        BTreeSet::new()
+    }
+
+    #[test]
+    fn pods_pack_into_the_busiest_prefix_before_secondary_ips() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ipam, _) = EniIpam::open(dir.path(), COOL, 0).unwrap();
+        ipam.sync_eni(
+            "eni-0",
+            0,
+            ip(10),
+            &set(&[11]),
+            &BTreeSet::from([prefix(48)]),
+        );
+        let a = ipam.add(key("a"), AttachmentMeta::default(), 0).unwrap();
+        assert_eq!(a.ip, ip(48), "a prefix address before the secondary IP");
+        // A lower prefix arrives: the next pods still go to the one in use.
+        ipam.sync_eni(
+            "eni-0",
+            0,
+            ip(10),
+            &set(&[11]),
+            &BTreeSet::from([prefix(32), prefix(48)]),
+        );
+        let b = ipam.add(key("b"), AttachmentMeta::default(), 0).unwrap();
+        assert_eq!(b.ip, ip(49));
+        assert_eq!(ipam.usage(0)[0].free_prefixes, 1);
     }
 }

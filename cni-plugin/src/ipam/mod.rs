@@ -72,10 +72,22 @@ pub(crate) fn journaled_add(
     meta: AttachmentMeta,
     now_ms: u64,
 ) -> Result<(Ipv4Addr, bool), IpamError> {
+    journaled_add_picking(pool, journal, key, meta, now_ms, |p| p.pick(now_ms))
+}
+
+/// [`journaled_add`] with the new address chosen by `pick` (eni mode packs prefixes).
+pub(crate) fn journaled_add_picking(
+    pool: &mut Pool,
+    journal: &mut Journal,
+    key: AttachmentKey,
+    meta: AttachmentMeta,
+    now_ms: u64,
+    pick: impl FnOnce(&Pool) -> Result<Ipv4Addr, IpamError>,
+) -> Result<(Ipv4Addr, bool), IpamError> {
     if let Some(a) = pool.get(&key) {
         return Ok((a.ip, true));
     }
-    let ip = pool.pick(now_ms)?;
+    let ip = pick(pool)?;
     let a = Assignment {
         ip,
         meta,
