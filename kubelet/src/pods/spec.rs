@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
 use super::env::{EnvVars, expand};
 
@@ -81,7 +81,6 @@ pub fn sandbox_config(
             host_ip: p.host_ip.unwrap_or_default(),
         })
         .collect();
-    let node = cri::NamespaceMode::Node as i32;
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: id.name.clone(),
@@ -107,24 +106,7 @@ pub fn sandbox_config(
             .collect(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: if host_network {
-                        node
-                    } else {
-                        cri::NamespaceMode::Pod as i32
-                    },
-                    pid: if spec.host_pid.unwrap_or(false) {
-                        node
-                    } else {
-                        cri::NamespaceMode::Container as i32
-                    },
-                    ipc: if spec.host_ipc.unwrap_or(false) {
-                        node
-                    } else {
-                        cri::NamespaceMode::Pod as i32
-                    },
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespace_options(&spec)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -146,6 +128,30 @@ const MAX_DNS_SEARCHES: usize = 6;
 /// the node's resolv.conf; None nothing. A dnsConfig is then merged in (servers and
 /// searches appended without duplicates, options by name) and the result cut to
 /// upstream's limits.
+/// The namespaces of the pod's sandbox, which its containers are given too (upstream's
+/// namespacesForPod): the node's for hostNetwork/hostPID/hostIPC, one PID namespace for
+/// the whole pod with shareProcessNamespace, else one per container.
+fn namespace_options(spec: &PodSpec) -> cri::NamespaceOption {
+    let mode = |host: Option<bool>, otherwise: cri::NamespaceMode| {
+        if host.unwrap_or(false) {
+            cri::NamespaceMode::Node as i32
+        } else {
+            otherwise as i32
+        }
+    };
+    let pid = if spec.share_process_namespace.unwrap_or(false) {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Container
+    };
+    cri::NamespaceOption {
+        network: mode(spec.host_network, cri::NamespaceMode::Pod),
+        pid: mode(spec.host_pid, pid),
+        ipc: mode(spec.host_ipc, cri::NamespaceMode::Pod),
+        ..Default::default()
+    }
+}
+
 fn dns_config(pod: &Pod, cluster_dns: &[String], cluster_domain: &str) -> Option<cri::DnsConfig> {
     let host = std::fs::read_to_string(HOST_RESOLV_CONF).unwrap_or_default();
     pod_dns(pod, cluster_dns, cluster_domain, &parse_resolv_conf(&host))
@@ -323,6 +329,9 @@ pub fn container_config(
                     ..Default::default()
                 }),
                 seccomp: Some(seccomp),
+                namespace_options: Some(namespace_options(
+                    pod.spec.as_ref().unwrap_or(&Default::default()),
+                )),
                 ..Default::default()
             }),
             ..Default::default()
@@ -364,6 +373,27 @@ fn seccomp_profile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_follow_host_flags_and_share_process_namespace() {
+        let spec = |v: serde_json::Value| -> PodSpec { serde_json::from_value(v).unwrap() };
+        let (node, pod, container) = (
+            cri::NamespaceMode::Node as i32,
+            cri::NamespaceMode::Pod as i32,
+            cri::NamespaceMode::Container as i32,
+        );
+        let plain = namespace_options(&spec(serde_json::json!({"containers": []})));
+        assert_eq!((plain.network, plain.pid, plain.ipc), (pod, container, pod));
+        let shared = namespace_options(&spec(
+            serde_json::json!({"containers": [], "shareProcessNamespace": true}),
+        ));
+        assert_eq!(shared.pid, pod);
+        let host = namespace_options(&spec(serde_json::json!({
+            "containers": [], "hostNetwork": true, "hostPID": true, "hostIPC": true,
+            "shareProcessNamespace": true,
+        })));
+        assert_eq!((host.network, host.pid, host.ipc), (node, node, node));
+    }
 
     #[test]
     fn seccomp_profiles_resolve_as_upstream() {
