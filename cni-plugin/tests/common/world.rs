@@ -452,11 +452,7 @@ impl World {
             timeout,
             || {
                 let s = self.status();
-                let ours: BTreeSet<Ipv4Addr> = s
-                    .enis
-                    .iter()
-                    .flat_map(|e| e.ips.iter().map(|ip| ip.parse().unwrap()))
-                    .collect();
+                let ours = pool_ips(&s);
                 let ec2 = self.ec2_secondary_ips();
                 if s.free - s.cooldown == available && ours.len() == total && ours == ec2 {
                     Ok(s)
@@ -572,6 +568,14 @@ pub fn add_to(socket: &Path, container_id: &str) -> Result<pb::AddNetworkReply, 
         .await
         .map(|r| r.into_inner())
     })
+}
+
+/// Every IP ipamd's pool uses, over all ENIs.
+pub fn pool_ips(s: &pb::StatusReply) -> BTreeSet<Ipv4Addr> {
+    s.enis
+        .iter()
+        .flat_map(|e| e.ips.iter().map(|ip| ip.parse().unwrap()))
+        .collect()
 }
 
 pub fn ip_of(reply: &pb::AddNetworkReply) -> Ipv4Addr {
