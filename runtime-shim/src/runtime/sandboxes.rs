@@ -214,6 +214,27 @@ impl Runtime {
             .map_err(|e| RuntimeError::Internal(e.context("tearing down the pod network")))
     }
 
+    /// CNI GC on the current network configuration, the attachments of this runtime's
+    /// sandboxes being the valid ones: what a lost DEL left allocated is released. Under
+    /// the create/remove lock, so an ADD in flight (in no record yet) is never collected.
+    pub async fn gc_network(&self) -> Result<()> {
+        let _guard = self.lock.lock().await;
+        let Some(net) = cni::load(&self.cni_conf_dir)? else {
+            return Ok(());
+        };
+        let valid: Vec<(String, String)> = self
+            .sandboxes
+            .list()
+            .into_iter()
+            .filter_map(|s| s.network)
+            .map(|n| (n.attachment.container_id, n.attachment.ifname))
+            .collect();
+        self.cni
+            .gc(&net, &valid)
+            .await
+            .map_err(|e| RuntimeError::Internal(e.context("CNI GC")))
+    }
+
     /// Removes the sandbox and its containers. Removing an unknown sandbox succeeds.
     pub async fn remove_sandbox(&self, id: &str) -> Result<()> {
         let Some(rec) = self.sandboxes.resolve(id) else {
