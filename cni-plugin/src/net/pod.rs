@@ -84,7 +84,7 @@ pub async fn setup_pod_network(pod: &PodNetwork) -> Result<PodLinks, NetError> {
         Ok(links) => Ok(links),
         Err(e) => {
             // Best effort: the setup error is what the caller needs to see.
-            let _ = teardown_with(&host, &pod.host_veth, pod.ip).await;
+            let _ = teardown_with(&host, &pod.host_veth, pod.ip, true).await;
             Err(e)
         }
     }
@@ -297,10 +297,25 @@ pub(crate) fn has_from_pod_rule(rules: &[Rule4], ip: Ipv4Addr, table: u32, dst: 
 pub async fn teardown_pod_network(host_veth: &str, ip: Ipv4Addr) -> Result<(), NetError> {
     check_ifname(host_veth)?;
     let host = host_netlink()?;
-    teardown_with(&host, host_veth, ip).await
+    teardown_with(&host, host_veth, ip, false).await
 }
 
-async fn teardown_with(host: &Handle, host_veth: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+/// [`teardown_pod_network`] of an address ipamd has just released from this very
+/// attachment: nobody else can hold it, so its rules and route go even when they lead
+/// to a link that is not `host_veth` (the pod's netns was deleted and its veth is still
+/// being destroyed by the kernel, or the veth is unknown).
+pub async fn teardown_released(host_veth: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+    check_ifname(host_veth)?;
+    let host = host_netlink()?;
+    teardown_with(&host, host_veth, ip, true).await
+}
+
+async fn teardown_with(
+    host: &Handle,
+    host_veth: &str,
+    ip: Ipv4Addr,
+    released: bool,
+) -> Result<(), NetError> {
     let veth = find_link(host, host_veth).await?;
     let route = ipv4_routes(host)
         .await?
@@ -308,11 +323,12 @@ async fn teardown_with(host: &Handle, host_veth: &str, ip: Ipv4Addr) -> Result<(
         .find(|r| r.table == MAIN_TABLE && r.dst == (ip, 32));
     // If the IP's host route leads to another link, the IP already belongs to a newer
     // pod (a late or repeated DEL): its rules and route are not ours to remove.
-    let taken_over = match (&route, &veth) {
-        (Some(r), Some(v)) => r.oif != Some(v.index),
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
+    let taken_over = !released
+        && match (&route, &veth) {
+            (Some(r), Some(v)) => r.oif != Some(v.index),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
     if !taken_over {
         delete_rules_for(host, ip).await?;
         if let Some(r) = route {
@@ -337,7 +353,7 @@ pub async fn teardown_stale(host_veth: &str, ip: Ipv4Addr) -> Result<(), NetErro
         .find(|r| r.table == MAIN_TABLE && r.dst == (ip, 32));
     let through_veth = matches!((&route, &veth), (Some(r), Some(v)) if r.oif == Some(v.index));
     if through_veth {
-        return teardown_with(&host, host_veth, ip).await;
+        return teardown_with(&host, host_veth, ip, true).await;
     }
     // Nobody holds `ip` now: whatever still routes it is stale.
     delete_rules_for(&host, ip).await?;

@@ -19,7 +19,7 @@ use crate::ipam::{AttachmentKey, deferred, now_ms};
 use crate::net::veth::{attachment_host_veth, delete_link, find_link};
 use crate::net::{
     NetError, NetNs, POD_GATEWAY, PodLinks, PodNetwork, check_pod_network, host_netlink,
-    host_veth_name, setup_pod_network, teardown_pod_network, teardown_stale,
+    host_veth_name, setup_pod_network, teardown_pod_network, teardown_released, teardown_stale,
 };
 use crate::rpc::{self, DEFAULT_SOCKET, pb};
 
@@ -349,6 +349,10 @@ async fn del(args: &CniArgs, conf: &NetConf) -> Result<(), CniError> {
         GONE_VETH.to_string()
     };
     match prev.or(released) {
+        // ipamd released this address from this attachment: its route and rules are ours
+        // wherever they lead (found by the soak: right after `ip netns del` the route
+        // still goes through the dying veth).
+        Some(ip) if released == Some(ip) => teardown_released(&veth, ip).await.map_err(net_error),
         // Removes the host route and rules of `ip` unless they lead to another link
         // (the address already serves a newer pod), then the pair.
         Some(ip) => teardown_pod_network(&veth, ip).await.map_err(net_error),
