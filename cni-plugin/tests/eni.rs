@@ -1,6 +1,6 @@
-//! eni mode end to end (needs root, as CI runs) on the emulated node of
-//! [`eni_world::World`]: warm targets, ENIs attached and freed, pods routed through them,
-//! crash safety. What EC2 says is checked through the SDK.
+//! eni mode end to end (needs root, as CI runs), in the world of `common/world.rs`:
+//! the EC2 emulator, the emulated VPC and `ipamd --mode eni` in a namespace that is the
+//! instance. What EC2 says is checked through the SDK.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -11,9 +11,10 @@ use cni_plugin::aws::ec2::Ec2;
 use serde_json::Value;
 
 mod common;
-mod eni_world;
+#[path = "common/world.rs"]
+mod world;
 use common::{ip_json, quiet, run};
-use eni_world::{IPAMD, World, add_to, block_on, eventually, ip_of};
+use world::{IPAMD, World, add_to, block_on, eventually, ip_of};
 
 #[test]
 fn warm_ip_target_holds_through_adds_and_dels_as_ec2_lists_it() {
@@ -175,16 +176,16 @@ fn warm_eni_target_attaches_a_second_eni_that_pods_route_through_and_frees_it() 
     let mut on_second = None;
     let mut plugin_pods = Vec::new();
     for i in 0..10 {
-        let (ns, ip) = w.plugin_add(&format!("p{i}"));
+        let (ns, ip, result) = w.plugin_add(&format!("p{i}"));
         plugin_pods.push(ns.clone());
         assert!(w.ec2_secondary_ips().contains(&ip));
         let ip = ip.to_string();
         if eni1_ips.contains(&ip) {
-            on_second = Some((ns, ip));
+            on_second = Some((ns, ip, result));
             break;
         }
     }
-    let (ns, ip) = on_second.expect("no pod landed on the second ENI in 10 ADDs");
+    let (ns, ip, result) = on_second.expect("no pod landed on the second ENI in 10 ADDs");
     let rules = ip_json(&["-n", &w.node_ns, "rule", "show"]);
     assert!(
         rules.iter().any(|r| r["src"] == ip.as_str()
@@ -204,6 +205,72 @@ fn warm_eni_target_attaches_a_second_eni_that_pods_route_through_and_frees_it() 
     assert!(
         common::ping(Some(ns.as_str()), &gw),
         "pod {ip} on eth1 cannot reach the VPC router"
+    );
+
+    // CHECK verifies the rules and the host route too: each missing one fails it, named.
+    let check = |w: &World| {
+        let mut conf = w.conf();
+        conf["prevResult"] = result.clone();
+        w.cni("CHECK", &ns, &conf)
+    };
+    let check_error = |w: &World| {
+        let out = check(w);
+        assert!(!out.status.success(), "CHECK passed");
+        let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(e["code"], 101, "{e}");
+        e["msg"].as_str().unwrap().to_string()
+    };
+    let out = check(&w);
+    assert!(
+        out.status.success(),
+        "CHECK: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let from_rule: [&str; 12] = [
+        "-n",
+        &w.node_ns,
+        "rule",
+        "del",
+        "priority",
+        "1536",
+        "from",
+        &ip,
+        "to",
+        &w.vpc_cidr,
+        "table",
+        "2",
+    ];
+    run("ip", &from_rule);
+    let msg = check_error(&w);
+    assert!(
+        msg.contains(&format!(
+            "rule 'from {ip} to {} lookup 2' priority 1536 is missing",
+            w.vpc_cidr
+        )),
+        "{msg}"
+    );
+    run("ip", &[&from_rule[..3], &["add"], &from_rule[4..]].concat());
+    let to_rule: [&str; 10] = [
+        "-n", &w.node_ns, "rule", "del", "priority", "512", "to", &ip, "table", "main",
+    ];
+    run("ip", &to_rule);
+    let msg = check_error(&w);
+    assert!(
+        msg.contains(&format!(
+            "rule 'to {ip} lookup main' priority 512 is missing"
+        )),
+        "{msg}"
+    );
+    run("ip", &[&to_rule[..3], &["add"], &to_rule[4..]].concat());
+    assert!(check(&w).status.success(), "CHECK after the rules are back");
+    run(
+        "ip",
+        &["-n", &w.node_ns, "route", "del", &format!("{ip}/32")],
+    );
+    let msg = check_error(&w);
+    assert!(
+        msg.contains(&format!("host route {ip}/32 is missing")),
+        "{msg}"
     );
     let out = w.cni("DEL", &ns, &w.conf());
     assert!(

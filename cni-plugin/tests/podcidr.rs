@@ -67,6 +67,11 @@ impl World {
 
     /// Starts ipamd and waits until it answers Status.
     fn start_ipamd(&mut self) {
+        self.start_ipamd_with(&[]);
+    }
+
+    /// [`World::start_ipamd`] with extra flags.
+    fn start_ipamd_with(&mut self, args: &[&str]) {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -78,6 +83,7 @@ impl World {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.state_dir())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -428,12 +434,112 @@ fn allocations_survive_kill_9_and_del_works_without_ipamd() {
     let e: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(e["code"], 50, "{e}");
 
-    // b's address was never released (ipamd was down): the next DEL releases it.
+    // The DEL left b's release next to the socket; ipamd applies it before it serves.
+    let deferred = cni_plugin::ipam::deferred::dir_for(&w.socket());
+    assert_eq!(std::fs::read_dir(&deferred).unwrap().count(), 1);
     w.start_ipamd();
-    assert_eq!(w.status().assigned, 1);
+    let s = w.status();
+    assert_eq!((s.assigned, s.cooldown), (0, 2), "{}", w.ipamd_log());
+    assert_eq!(std::fs::read_dir(&deferred).unwrap().count(), 0);
+    assert!(!host_route_exists(ip_b));
+    // A repeated DEL, now reaching ipamd, releases nothing more.
     w.del(&b, Some(&rb));
     assert_eq!(w.status().assigned, 0);
-    assert!(!host_route_exists(ip_b));
+}
+
+#[test]
+fn a_deferred_del_never_releases_a_later_add() {
+    let mut w = World::new(5);
+    w.start_ipamd();
+    let a = Pod::new(&mut w, "a");
+    // The runtime's ADD fails while ipamd is down; its DEL after the failure is left
+    // for ipamd...
+    w.kill_ipamd();
+    let out = w.cni("ADD", &a, w.conf("1.1.0").to_string().as_bytes());
+    assert!(!out.status.success());
+    w.del(&a, None);
+    // ...and the retried ADD of the same attachment, once ipamd is back, keeps its
+    // address through every later housekeeping pass.
+    w.start_ipamd_with(&["--housekeeping-interval", "1"]);
+    let r = w.add(&a, "1.1.0");
+    w.kill_ipamd();
+    let deferred = cni_plugin::ipam::deferred::dir_for(&w.socket());
+    cni_plugin::ipam::deferred::record(
+        &deferred,
+        &cni_plugin::ipam::AttachmentKey {
+            container_id: a.container_id.clone(),
+            ifname: "eth0".into(),
+        },
+        0,
+    )
+    .unwrap();
+    w.start_ipamd_with(&["--housekeeping-interval", "1"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(w.status().assigned, 1, "{}", w.ipamd_log());
+    assert_eq!(std::fs::read_dir(&deferred).unwrap().count(), 0);
+    let mut check = w.conf("1.1.0");
+    check["prevResult"] = r.clone();
+    success(&w.cni("CHECK", &a, check.to_string().as_bytes()), "CHECK");
+    w.del(&a, Some(&r));
+    assert_eq!(w.status().assigned, 0);
+}
+
+#[test]
+fn gc_releases_what_the_runtime_no_longer_lists_and_keeps_the_rest() {
+    let mut w = World::new(6);
+    w.start_ipamd();
+    let live = Pod::new(&mut w, "live");
+    let stale = Pod::new(&mut w, "stale");
+    let r_live = w.add(&live, "1.1.0");
+    let _ = w.add(&stale, "1.1.0");
+    let (ip_live, ip_stale) = (w.ip(0), w.ip(1));
+    assert!(host_route_exists(ip_stale) && link_exists(&stale.host_veth()));
+    let gc = |valid: Value| {
+        let mut conf = w.conf("1.1.0");
+        if !valid.is_null() {
+            conf["cni.dev/valid-attachments"] = valid;
+        }
+        w.cni("GC", &live, conf.to_string().as_bytes())
+    };
+
+    // A GC without the runtime's list would release every pod: refused, nothing changes.
+    let out = gc(Value::Null);
+    assert!(!out.status.success());
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["code"], 7, "{e}");
+    assert_eq!(w.status().assigned, 2);
+
+    // The stale attachment (its DEL never came) is released and its plumbing removed.
+    let valid = json!([{"containerID": live.container_id, "ifname": "eth0"}]);
+    success(&gc(valid.clone()), "GC");
+    let s = w.status();
+    assert_eq!((s.assigned, s.cooldown), (1, 1));
+    assert!(!host_route_exists(ip_stale));
+    assert!(!link_exists(&stale.host_veth()));
+    assert!(
+        stale.addresses().is_empty(),
+        "the stale pod's eth0 went with its veth"
+    );
+
+    // The valid one is untouched and still works.
+    assert!(host_route_exists(ip_live) && link_exists(&live.host_veth()));
+    assert!(
+        ping(&ip_live.to_string()),
+        "the valid pod is unreachable after GC"
+    );
+    let mut check = w.conf("1.1.0");
+    check["prevResult"] = r_live.clone();
+    success(
+        &w.cni("CHECK", &live, check.to_string().as_bytes()),
+        "CHECK",
+    );
+
+    // GC is idempotent, and a DEL of a collected attachment still succeeds.
+    success(&gc(valid), "second GC");
+    assert_eq!(w.status().assigned, 1);
+    w.del(&stale, None);
+    w.del(&live, Some(&r_live));
+    assert_eq!(w.status().assigned, 0);
 }
 
 #[test]
@@ -554,4 +660,65 @@ fn concurrent_adds_get_distinct_addresses() {
     for p in &pods {
         assert!(!link_exists(&p.host_veth()));
     }
+}
+
+#[test]
+fn housekeeping_restores_a_live_pods_route_and_removes_stale_plumbing() {
+    let mut w = World::new(7);
+    w.start_ipamd_with(&["--housekeeping-interval", "1"]);
+    let a = Pod::new(&mut w, "a");
+    let r = w.add(&a, "1.1.0");
+    let ip = w.ip(0);
+    // What a teardown cut short leaves: a route and a rule for a free address of the pool.
+    let free = format!("{}/32", w.ip(5));
+    run(
+        "ip",
+        &[
+            "route",
+            "add",
+            &free,
+            "dev",
+            &a.host_veth(),
+            "scope",
+            "link",
+        ],
+    );
+    run(
+        "ip",
+        &[
+            "rule", "add", "from", &free, "lookup", "100", "priority", "1536",
+        ],
+    );
+    // And a live pod's route deleted behind ipamd's back.
+    run("ip", &["route", "del", &format!("{ip}/32")]);
+    assert!(!ping(&ip.to_string()));
+
+    let has_rule = |from: &str| {
+        ip_json(&["rule", "show"])
+            .iter()
+            .any(|r| r["src"] == from.trim_end_matches("/32") && r["priority"] == 1536)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(host_route_exists(ip) && !host_route_exists(w.ip(5)) && !has_rule(&free)) {
+        assert!(
+            Instant::now() < deadline,
+            "housekeeping did not repair within 10 s: route to the pod {}, stale route {}, stale rule {}; {}",
+            host_route_exists(ip),
+            host_route_exists(w.ip(5)),
+            has_rule(&free),
+            w.ipamd_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        ping(&ip.to_string()),
+        "the pod is unreachable after the repair"
+    );
+    assert!(
+        w.ipamd_log().contains("restored a live pod's route"),
+        "{}",
+        w.ipamd_log()
+    );
+    w.del(&a, Some(&r));
+    assert!(!host_route_exists(ip));
 }

@@ -1,5 +1,5 @@
 //! Prefix delegation end to end (needs root, as CI runs) on the emulated node of
-//! [`eni_world::World`]: ipamd with ENABLE_PREFIX_DELEGATION=true gets /28 prefixes from
+//! [`world::World`]: ipamd with ENABLE_PREFIX_DELEGATION=true gets /28 prefixes from
 //! the EC2 emulator, pods get addresses inside them that the emulated VPC delivers to the
 //! ENI holding the prefix, warm targets hold in prefixes, free prefixes go back, a subnet
 //! without a free aligned /28 falls back to secondary IPs, and a restart keeps it all.
@@ -14,10 +14,11 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 
 mod common;
-mod eni_world;
+#[path = "common/world.rs"]
+mod world;
 use cni_plugin::rpc::pb;
 use common::ip_json;
-use eni_world::{IPAMD, World, eventually, ip_of};
+use world::{IPAMD, World, eventually, ip_of};
 
 const PD: (&str, &str) = ("ENABLE_PREFIX_DELEGATION", "true");
 
@@ -147,7 +148,7 @@ fn prefixes_are_assigned_pods_get_ips_inside_the_warm_prefix_holds_and_free_ones
 
     // A pod through the plugin: an IP inside the prefix, routed by the main table (the
     // primary ENI's), and the VPC delivers the answer to it.
-    let (ns, pod_ip) = w.plugin_add("p0");
+    let (ns, pod_ip, _) = w.plugin_add("p0");
     assert!(prefix.contains(&pod_ip), "{pod_ip} not in {prefix}");
     let rules = ip_json(&["-n", &w.node_ns, "rule", "show"]);
     assert!(
@@ -304,7 +305,7 @@ fn a_subnet_without_a_free_aligned_28_falls_back_to_secondary_ips() {
     );
 
     // Pods get secondary IPs EC2 lists, and the VPC delivers to them.
-    let (ns, ip) = w.plugin_add("f0");
+    let (ns, ip, _) = w.plugin_add("f0");
     assert!(w.ec2_secondary_ips().contains(&ip), "{ip}");
     assert!(subnet.contains(&ip));
     assert!(

@@ -100,11 +100,13 @@ class Vpc:
             if idx > 0:
                 want_ports[host_port(e["NetworkInterfaceId"])] = (e, idx)
         have = self.our_ports()
+        # Unplug first: an ENI attached at the device index of one just detached needs
+        # its eth<index> name free.
+        for port in have - set(want_ports):
+            ip("link", "del", port, check=False)
         for port, (e, idx) in want_ports.items():
             if port not in have:
                 self.plug(port, e, idx)
-        for port in have - set(want_ports):
-            ip("link", "del", port, check=False)
         for a, mac in want_addrs.items():
             ip("neigh", "replace", a, "lladdr", mac, "dev", self.bridge, "nud", "permanent")
             ip("route", "replace", f"{a}/32", "dev", self.bridge, "proto", PROTO)

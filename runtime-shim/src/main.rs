@@ -68,6 +68,21 @@ fn main() -> Result<()> {
         .block_on(daemon())
 }
 
+/// How often the pod network is garbage-collected: cheap (one plugin run per plugin of
+/// the list), and a DEL lost in a crash is rare.
+const CNI_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// CNI GC at start-up (what a crash left behind) and then every [`CNI_GC_INTERVAL`].
+async fn cni_gc(runtime: Arc<Runtime>) {
+    let mut tick = tokio::time::interval(CNI_GC_INTERVAL);
+    loop {
+        tick.tick().await;
+        if let Err(e) = runtime.gc_network().await {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
 async fn daemon() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -102,6 +117,7 @@ async fn daemon() -> Result<()> {
     .with_context(|| format!("opening runtime state in {}", args.root.display()))?;
     runtime.recover().await;
     let runtime = Arc::new(runtime);
+    tokio::spawn(cni_gc(runtime.clone()));
     let listener = tokio::net::TcpListener::bind(args.stream_address)
         .await
         .with_context(|| format!("binding the streaming server to {}", args.stream_address))?;

@@ -11,8 +11,10 @@ use cni_plugin::aws::imds::{self, Imds};
 use cni_plugin::aws::limits::{MaxPodsOptions, limits, max_pods};
 use cni_plugin::eni::{EniConfig, Reconciler};
 use cni_plugin::ipam::eni::EniIpam;
-use cni_plugin::ipam::{PodCidrIpam, now_ms};
-use cni_plugin::rpc::{self, DEFAULT_SOCKET, DEFAULT_STATE_DIR, IpamService, PodCidrService};
+use cni_plugin::ipam::{PodCidrIpam, deferred, now_ms};
+use cni_plugin::rpc::{
+    self, Allocator, DEFAULT_SOCKET, DEFAULT_STATE_DIR, IpamService, PodCidrService,
+};
 use ipnet::Ipv4Net;
 
 #[derive(Debug, Parser)]
@@ -82,6 +84,10 @@ struct DaemonArgs {
     /// Override the instance metadata endpoint; eni mode only.
     #[arg(long, default_value = imds::DEFAULT_ENDPOINT)]
     imds_endpoint: String,
+    /// Seconds between housekeeping passes: DELs the plugin could not deliver are applied,
+    /// pods' host routes and rules repaired.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    housekeeping_interval: u64,
 }
 
 fn main() -> ExitCode {
@@ -195,7 +201,7 @@ fn eni_daemon(
         tracing::info!(targets = ?reconciler.targets(), "eni pool loaded");
         let service = IpamService::shared(reconciler.state());
         tokio::spawn(reconciler.run());
-        rpc::serve(socket, service, shutdown_signal()).await
+        serve(args, socket, service).await
     })
 }
 
@@ -223,11 +229,21 @@ fn podcidr_daemon(
         "podcidr pool loaded"
     );
 
-    runtime()?.block_on(rpc::serve(
-        socket,
-        PodCidrService::new(ipam),
-        shutdown_signal(),
-    ))
+    runtime()?.block_on(serve(args, socket, PodCidrService::new(ipam)))
+}
+
+/// Applies the DELs that could not reach the previous daemon, then serves, with the
+/// housekeeping loop beside.
+async fn serve<A: Allocator>(
+    args: &DaemonArgs,
+    socket: &std::path::Path,
+    service: IpamService<A>,
+) -> anyhow::Result<()> {
+    let deferred_dir = deferred::dir_for(socket);
+    let interval = std::time::Duration::from_secs(args.housekeeping_interval);
+    service.housekeep_once(&deferred_dir, interval).await;
+    tokio::spawn(service.clone().housekeeping(deferred_dir, interval));
+    rpc::serve(socket, service, shutdown_signal()).await
 }
 
 fn status(socket: &std::path::Path) -> anyhow::Result<()> {

@@ -27,9 +27,9 @@ use tokio::sync::Notify;
 use crate::aws::ec2::{Ec2, Ec2Error, Eni, NewEni};
 use crate::aws::imds::{Imds, InstanceMetadata};
 use crate::aws::limits::{Hypervisor, Limits};
-use crate::ipam::eni::{EniIpam, SyncReport, route_table};
+use crate::ipam::eni::{EniIpam, MAIN_TABLE, SyncReport, route_table};
 use crate::ipam::warm::{Action, Counts, Source, WarmTargets};
-use crate::ipam::{Added, AttachmentKey, AttachmentMeta, IpamError, now_ms};
+use crate::ipam::{Added, AttachmentKey, AttachmentMeta, IpamError, Pool, now_ms};
 use crate::net::snat::Snat;
 use crate::net::{EniNetwork, MacAddr, host_netlink, setup_eni_network};
 use crate::rpc::{Allocator, pb};
@@ -88,6 +88,26 @@ impl Allocator for EniAllocator {
 
     fn del(&mut self, key: &AttachmentKey, now_ms: u64) -> Result<Option<Ipv4Addr>, IpamError> {
         self.ipam.del(key, now_ms)
+    }
+
+    fn pool(&self) -> &Pool {
+        self.ipam.pool()
+    }
+
+    fn lookup(&self, key: &AttachmentKey) -> Option<Added> {
+        let ip = self.ipam.pool().get(key)?.ip;
+        // As the ADD chose it: the table of the ENI listing the IP, else the main one.
+        let route_table = self
+            .ipam
+            .enis()
+            .find(|e| e.ips.contains(&ip))
+            .map_or(MAIN_TABLE, |e| route_table(e.device_index));
+        Some(Added {
+            ip,
+            route_table,
+            existing: true,
+            rule_destinations: self.rule_destinations.clone(),
+        })
     }
 
     fn status(&self, now_ms: u64) -> pb::StatusReply {

@@ -3,6 +3,7 @@
 //! come from one CIDR (the Node's `spec.podCIDR` or `--pod-cidr`); `eni` mode
 //! ([`eni::EniIpam`]): from the secondary IPs EC2 assigned to the instance's ENIs.
 
+pub mod deferred;
 pub mod eni;
 pub mod journal;
 pub mod pool;

@@ -4,6 +4,7 @@
 pub mod eni;
 pub mod netns;
 pub mod pod;
+pub mod repair;
 pub mod snat;
 pub mod veth;
 
@@ -14,7 +15,7 @@ pub use eni::{EniNetwork, setup_eni_network, subnet_gateway};
 pub use netns::{NetNs, host_netlink};
 pub use pod::{
     FROM_POD_RULE_PRIORITY, POD_GATEWAY, PodLinks, PodNetwork, TO_POD_RULE_PRIORITY,
-    check_pod_network, setup_pod_network, teardown_pod_network,
+    check_pod_network, setup_pod_network, teardown_pod_network, teardown_released, teardown_stale,
 };
 pub(crate) use pod::{Route4, ipv4_routes};
 pub use veth::{LinkInfo, MacAddr, host_veth_name};

@@ -37,7 +37,7 @@ pub const TO_POD_RULE_PRIORITY: u32 = 512;
 /// `from <pod IP> lookup <table>`: the pod's traffic leaves through the ENI holding its IP.
 pub const FROM_POD_RULE_PRIORITY: u32 = 1536;
 
-const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+pub(crate) const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// Everything that describes one pod's attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub async fn setup_pod_network(pod: &PodNetwork) -> Result<PodLinks, NetError> {
         Ok(links) => Ok(links),
         Err(e) => {
             // Best effort: the setup error is what the caller needs to see.
-            let _ = teardown_with(&host, &pod.host_veth, pod.ip).await;
+            let _ = teardown_with(&host, &pod.host_veth, pod.ip, true).await;
             Err(e)
         }
     }
@@ -191,8 +191,23 @@ async fn configure_host_side(
     veth: &LinkInfo,
     pod: &PodNetwork,
 ) -> Result<(), NetError> {
-    let ip = pod.ip;
     set_up(host, veth).await?;
+    add_host_route(host, veth, pod.ip).await?;
+    if let Some(table) = pod.table {
+        add_to_pod_rule(host, pod.ip).await?;
+        for dst in from_pod_destinations(&pod.rule_destinations) {
+            add_from_pod_rule(host, pod.ip, table, dst).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `ip/32 dev veth scope link` in the main table.
+pub(crate) async fn add_host_route(
+    host: &Handle,
+    veth: &LinkInfo,
+    ip: Ipv4Addr,
+) -> Result<(), NetError> {
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(ip, 32)
         .output_interface(veth.index)
@@ -204,43 +219,76 @@ async fn configure_host_side(
         .replace()
         .execute()
         .await
-        .map_err(nl(format!("add host route {ip}/32 dev {}", veth.name)))?;
-    if let Some(table) = pod.table {
-        let to_pod = host
-            .rule()
-            .add()
-            .v4()
-            .destination_prefix(ip, 32)
-            .table_id(MAIN_TABLE)
-            .priority(TO_POD_RULE_PRIORITY)
-            .action(RuleAction::ToTable);
-        to_pod.execute().await.map_err(nl(format!(
+        .map_err(nl(format!("add host route {ip}/32 dev {}", veth.name)))
+}
+
+/// `to ip lookup main`, at [`TO_POD_RULE_PRIORITY`].
+pub(crate) async fn add_to_pod_rule(host: &Handle, ip: Ipv4Addr) -> Result<(), NetError> {
+    host.rule()
+        .add()
+        .v4()
+        .destination_prefix(ip, 32)
+        .table_id(MAIN_TABLE)
+        .priority(TO_POD_RULE_PRIORITY)
+        .action(RuleAction::ToTable)
+        .execute()
+        .await
+        .map_err(nl(format!(
             "add rule 'to {ip} lookup main' priority {TO_POD_RULE_PRIORITY}"
-        )))?;
-        let all = [Ipv4Net::default()];
-        let dsts = if pod.rule_destinations.is_empty() {
-            &all[..]
-        } else {
-            &pod.rule_destinations[..]
-        };
-        for dst in dsts {
-            let mut from_pod = host
-                .rule()
-                .add()
-                .v4()
-                .source_prefix(ip, 32)
-                .table_id(table)
-                .priority(FROM_POD_RULE_PRIORITY)
-                .action(RuleAction::ToTable);
-            if dst.prefix_len() > 0 {
-                from_pod = from_pod.destination_prefix(dst.network(), dst.prefix_len());
-            }
-            from_pod.execute().await.map_err(nl(format!(
-                "add rule 'from {ip} to {dst} lookup {table}' priority {FROM_POD_RULE_PRIORITY}"
-            )))?;
-        }
+        )))
+}
+
+/// `from ip [to dst] lookup table`, at [`FROM_POD_RULE_PRIORITY`].
+pub(crate) async fn add_from_pod_rule(
+    host: &Handle,
+    ip: Ipv4Addr,
+    table: u32,
+    dst: Ipv4Net,
+) -> Result<(), NetError> {
+    let mut from_pod = host
+        .rule()
+        .add()
+        .v4()
+        .source_prefix(ip, 32)
+        .table_id(table)
+        .priority(FROM_POD_RULE_PRIORITY)
+        .action(RuleAction::ToTable);
+    if dst.prefix_len() > 0 {
+        from_pod = from_pod.destination_prefix(dst.network(), dst.prefix_len());
     }
-    Ok(())
+    from_pod.execute().await.map_err(nl(format!(
+        "add rule 'from {ip} to {dst} lookup {table}' priority {FROM_POD_RULE_PRIORITY}"
+    )))
+}
+
+/// One from-pod rule per destination; none listed means one rule for everything.
+pub(crate) fn from_pod_destinations(listed: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    if listed.is_empty() {
+        vec![Ipv4Net::default()]
+    } else {
+        listed.to_vec()
+    }
+}
+
+/// Whether `rules` hold `to ip lookup main` at [`TO_POD_RULE_PRIORITY`].
+pub(crate) fn has_to_pod_rule(rules: &[Rule4], ip: Ipv4Addr) -> bool {
+    rules.iter().any(|r| {
+        r.priority == TO_POD_RULE_PRIORITY
+            && r.table == MAIN_TABLE
+            && r.dst == Some((ip, 32))
+            && r.src.is_none()
+    })
+}
+
+/// Whether `rules` hold `from ip [to dst] lookup table` at [`FROM_POD_RULE_PRIORITY`].
+pub(crate) fn has_from_pod_rule(rules: &[Rule4], ip: Ipv4Addr, table: u32, dst: Ipv4Net) -> bool {
+    let want_dst = (dst.prefix_len() > 0).then(|| (dst.network(), dst.prefix_len()));
+    rules.iter().any(|r| {
+        r.priority == FROM_POD_RULE_PRIORITY
+            && r.table == table
+            && r.src == Some((ip, 32))
+            && r.dst == want_dst
+    })
 }
 
 /// Removes the pod's attachment: its policy rules, its host route and the veth pair.
@@ -249,10 +297,25 @@ async fn configure_host_side(
 pub async fn teardown_pod_network(host_veth: &str, ip: Ipv4Addr) -> Result<(), NetError> {
     check_ifname(host_veth)?;
     let host = host_netlink()?;
-    teardown_with(&host, host_veth, ip).await
+    teardown_with(&host, host_veth, ip, false).await
 }
 
-async fn teardown_with(host: &Handle, host_veth: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+/// [`teardown_pod_network`] of an address ipamd has just released from this very
+/// attachment: nobody else can hold it, so its rules and route go even when they lead
+/// to a link that is not `host_veth` (the pod's netns was deleted and its veth is still
+/// being destroyed by the kernel, or the veth is unknown).
+pub async fn teardown_released(host_veth: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+    check_ifname(host_veth)?;
+    let host = host_netlink()?;
+    teardown_with(&host, host_veth, ip, true).await
+}
+
+async fn teardown_with(
+    host: &Handle,
+    host_veth: &str,
+    ip: Ipv4Addr,
+    released: bool,
+) -> Result<(), NetError> {
     let veth = find_link(host, host_veth).await?;
     let route = ipv4_routes(host)
         .await?
@@ -260,23 +323,43 @@ async fn teardown_with(host: &Handle, host_veth: &str, ip: Ipv4Addr) -> Result<(
         .find(|r| r.table == MAIN_TABLE && r.dst == (ip, 32));
     // If the IP's host route leads to another link, the IP already belongs to a newer
     // pod (a late or repeated DEL): its rules and route are not ours to remove.
-    let taken_over = match (&route, &veth) {
-        (Some(r), Some(v)) => r.oif != Some(v.index),
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
+    let taken_over = !released
+        && match (&route, &veth) {
+            (Some(r), Some(v)) => r.oif != Some(v.index),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
     if !taken_over {
         delete_rules_for(host, ip).await?;
         if let Some(r) = route {
-            match host.route().del(r.message).execute().await {
-                Err(e) if netlink_errno(&e) != Some(libc::ESRCH) => {
-                    return Err(nl(format!("delete host route {ip}/32"))(e));
-                }
-                _ => {}
-            }
+            delete_route(host, r).await?;
         }
     }
     delete_link(host, host_veth).await?;
+    Ok(())
+}
+
+/// GC's teardown of an attachment ipamd has released: the rules of `ip`, its host route,
+/// and `host_veth` only if that route goes through it. Host veth names are per pod, so a
+/// veth the route does not name may be a newer sandbox's, and stays.
+/// Must be called from within a tokio runtime.
+pub async fn teardown_stale(host_veth: &str, ip: Ipv4Addr) -> Result<(), NetError> {
+    check_ifname(host_veth)?;
+    let host = host_netlink()?;
+    let veth = find_link(&host, host_veth).await?;
+    let route = ipv4_routes(&host)
+        .await?
+        .into_iter()
+        .find(|r| r.table == MAIN_TABLE && r.dst == (ip, 32));
+    let through_veth = matches!((&route, &veth), (Some(r), Some(v)) if r.oif == Some(v.index));
+    if through_veth {
+        return teardown_with(&host, host_veth, ip, true).await;
+    }
+    // Nobody holds `ip` now: whatever still routes it is stale.
+    delete_rules_for(&host, ip).await?;
+    if let Some(r) = route {
+        delete_route(&host, r).await?;
+    }
     Ok(())
 }
 
@@ -306,26 +389,22 @@ pub async fn check_pod_network(pod: &PodNetwork) -> Result<(), NetError> {
     }
     if let Some(table) = pod.table {
         let rules = ipv4_rules(&host).await?;
-        let has = |prio: u32, src: bool, table: u32| {
-            rules.iter().any(|r| {
-                r.priority == prio
-                    && r.table == table
-                    && if src {
-                        r.src == Some((ip, 32))
-                    } else {
-                        r.dst == Some((ip, 32))
-                    }
-            })
-        };
-        if !has(TO_POD_RULE_PRIORITY, false, MAIN_TABLE) {
+        if !has_to_pod_rule(&rules, ip) {
             missing.push(format!(
                 "rule 'to {ip} lookup main' priority {TO_POD_RULE_PRIORITY} is missing"
             ));
         }
-        if !has(FROM_POD_RULE_PRIORITY, true, table) {
-            missing.push(format!(
-                "rule 'from {ip} lookup {table}' priority {FROM_POD_RULE_PRIORITY} is missing"
-            ));
+        for dst in from_pod_destinations(&pod.rule_destinations) {
+            if !has_from_pod_rule(&rules, ip, table, dst) {
+                let to = if dst.prefix_len() > 0 {
+                    format!(" to {dst}")
+                } else {
+                    String::new()
+                };
+                missing.push(format!(
+                    "rule 'from {ip}{to} lookup {table}' priority {FROM_POD_RULE_PRIORITY} is missing"
+                ));
+            }
         }
     }
 
@@ -476,15 +555,26 @@ pub(crate) async fn ipv4_routes(handle: &Handle) -> Result<Vec<Route4>, NetError
 }
 
 /// An IPv4 policy rule, reduced to what we match on, plus the message to delete it with.
-struct Rule4 {
-    priority: u32,
-    src: Option<(Ipv4Addr, u8)>,
-    dst: Option<(Ipv4Addr, u8)>,
-    table: u32,
-    message: RuleMessage,
+pub(crate) struct Rule4 {
+    pub priority: u32,
+    pub src: Option<(Ipv4Addr, u8)>,
+    pub dst: Option<(Ipv4Addr, u8)>,
+    pub table: u32,
+    pub message: RuleMessage,
 }
 
-async fn ipv4_rules(handle: &Handle) -> Result<Vec<Rule4>, NetError> {
+impl Rule4 {
+    /// The pod IP of one of our per-pod rules, if this is one.
+    pub fn pod_ip(&self) -> Option<Ipv4Addr> {
+        match (self.priority, self.src, self.dst) {
+            (FROM_POD_RULE_PRIORITY, Some((ip, 32)), _) => Some(ip),
+            (TO_POD_RULE_PRIORITY, _, Some((ip, 32))) => Some(ip),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) async fn ipv4_rules(handle: &Handle) -> Result<Vec<Rule4>, NetError> {
     let messages: Vec<_> = handle
         .rule()
         .get(IpVersion::V4)
@@ -522,20 +612,33 @@ async fn ipv4_rules(handle: &Handle) -> Result<Vec<Rule4>, NetError> {
 /// know the table any more (ipamd down, state lost), and the IP is what identifies them.
 async fn delete_rules_for(host: &Handle, ip: Ipv4Addr) -> Result<(), NetError> {
     for rule in ipv4_rules(host).await? {
-        let ours = (rule.priority == FROM_POD_RULE_PRIORITY && rule.src == Some((ip, 32)))
-            || (rule.priority == TO_POD_RULE_PRIORITY && rule.dst == Some((ip, 32)));
-        if !ours {
-            continue;
-        }
-        match host.rule().del(rule.message).execute().await {
-            Err(e) if netlink_errno(&e) != Some(libc::ENOENT) => {
-                return Err(nl(format!(
-                    "delete policy rule for {ip} priority {}",
-                    rule.priority
-                ))(e));
-            }
-            _ => {}
+        if rule.pod_ip() == Some(ip) {
+            delete_rule(host, rule).await?;
         }
     }
     Ok(())
+}
+
+/// Deletes one of our per-pod rules; already gone counts as deleted.
+pub(crate) async fn delete_rule(host: &Handle, rule: Rule4) -> Result<(), NetError> {
+    let what = format!(
+        "delete policy rule for {:?} priority {}",
+        rule.pod_ip(),
+        rule.priority
+    );
+    match host.rule().del(rule.message).execute().await {
+        Err(e) if netlink_errno(&e) != Some(libc::ENOENT) => Err(nl(what)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes a route; already gone counts as deleted.
+pub(crate) async fn delete_route(host: &Handle, route: Route4) -> Result<(), NetError> {
+    let (ip, len) = route.dst;
+    match host.route().del(route.message).execute().await {
+        Err(e) if netlink_errno(&e) != Some(libc::ESRCH) => {
+            Err(nl(format!("delete host route {ip}/{len}"))(e))
+        }
+        _ => Ok(()),
+    }
 }

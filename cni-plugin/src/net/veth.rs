@@ -18,7 +18,20 @@ use crate::cni::args::validate_ifname;
 /// SHA-256, so names differ from aws-node's for the same pod.)
 pub fn host_veth_name(namespace: &str, pod_name: &str) -> String {
     let digest = Sha256::digest(format!("{namespace}.{pod_name}").as_bytes());
-    format!("eni{}", &hex::encode(digest)[..11])
+    format!("{HOST_VETH_PREFIX}{}", &hex::encode(digest)[..11])
+}
+
+/// What every host veth's name starts with (see [`host_veth_name`]).
+pub const HOST_VETH_PREFIX: &str = "eni";
+
+/// The host veth of an attachment: per pod when the runtime passed the Kubernetes
+/// names, else per container (a plain CNI runtime).
+pub fn attachment_host_veth(pod_namespace: &str, pod_name: &str, container_id: &str) -> String {
+    if pod_namespace.is_empty() && pod_name.is_empty() {
+        host_veth_name("", container_id)
+    } else {
+        host_veth_name(pod_namespace, pod_name)
+    }
 }
 
 /// Refuses names the kernel would reject, before anything is created.
@@ -120,6 +133,18 @@ pub async fn find_link_by_mac(handle: &Handle, mac: MacAddr) -> Result<Option<Li
         }
     }
     Ok(None)
+}
+
+/// Every link in the handle's namespace.
+pub async fn list_links(handle: &Handle) -> Result<Vec<LinkInfo>, NetError> {
+    let links: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("list links"))?;
+    Ok(links.iter().map(LinkInfo::from_message).collect())
 }
 
 /// Like [`find_link`], for links this setup just created and must still exist.

@@ -15,10 +15,11 @@ use crate::cni::{
     NetConf, Route, SUPPORTED_VERSIONS, VersionResult,
 };
 use crate::error_chain;
-use crate::net::veth::{delete_link, find_link};
+use crate::ipam::{AttachmentKey, deferred, now_ms};
+use crate::net::veth::{attachment_host_veth, delete_link, find_link};
 use crate::net::{
     NetError, NetNs, POD_GATEWAY, PodLinks, PodNetwork, check_pod_network, host_netlink,
-    host_veth_name, setup_pod_network, teardown_pod_network,
+    host_veth_name, setup_pod_network, teardown_pod_network, teardown_released, teardown_stale,
 };
 use crate::rpc::{self, DEFAULT_SOCKET, pb};
 
@@ -62,10 +63,7 @@ pub async fn run(
         Command::Del => del(&args, &conf).await.map(|()| None),
         Command::Check => check(&args, &conf).await.map(|()| None),
         Command::Status => status(&conf).await.map(|()| None),
-        // Nothing to collect yet: podcidr attachments are released by DEL, and ipamd
-        // will reconcile against the runtime's live sandboxes. Accepting GC keeps
-        // runtimes that send it (spec 1.1) working.
-        Command::Gc => Ok(None),
+        Command::Gc => gc(&conf).await.map(|()| None),
         Command::Version => unreachable!("handled above"),
     };
     out.map_err(fail)
@@ -89,7 +87,7 @@ fn socket(conf: &NetConf) -> PathBuf {
 fn host_veth(args: &CniArgs) -> String {
     match (&args.args.pod_namespace, &args.args.pod_name) {
         (Some(ns), Some(name)) => host_veth_name(ns, name),
-        _ => host_veth_name("", required(&args.container_id)),
+        _ => attachment_host_veth("", "", required(&args.container_id)),
     }
 }
 
@@ -114,11 +112,14 @@ fn ipamd_error(call: &str, s: tonic::Status) -> CniError {
         Code::ResourceExhausted => {
             CniError::new(ErrorCode::TryAgainLater, "no free pod IP", s.message())
         }
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => CniError::new(
-            ErrorCode::TryAgainLater,
-            format!("ipamd {call} did not complete"),
-            s.message(),
-        ),
+        // Unknown: the connection broke mid-call (ipamd restarting), not ipamd's answer.
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            CniError::new(
+                ErrorCode::TryAgainLater,
+                format!("ipamd {call} did not complete"),
+                s.message(),
+            )
+        }
         _ => CniError::new(
             ErrorCode::Plugin(ERR_IPAMD),
             format!("ipamd {call} failed"),
@@ -129,6 +130,10 @@ fn ipamd_error(call: &str, s: tonic::Status) -> CniError {
 
 fn net_error(e: NetError) -> CniError {
     match e {
+        // What is wrong is the message itself.
+        NetError::CheckFailed(_) => {
+            CniError::new(ErrorCode::Plugin(ERR_NETWORK), e.to_string(), "")
+        }
         NetError::OpenNetns { .. } | NetError::NotANetns { .. } | NetError::InvalidName { .. } => {
             CniError::new(ErrorCode::InvalidEnvironment, e.to_string(), "")
         }
@@ -322,14 +327,14 @@ async fn del(args: &CniArgs, conf: &NetConf) -> Result<(), CniError> {
                         "vpc-cni: DEL {container_id}/{ifname}: ipamd DelNetwork failed, tearing down anyway: {}",
                         s.message()
                     );
+                    defer_release(conf, container_id, ifname);
                     None
                 }
             }
         }
         Err(e) => {
-            eprintln!(
-                "vpc-cni: DEL {container_id}/{ifname}: {e}; tearing down anyway, the address stays assigned in ipamd"
-            );
+            eprintln!("vpc-cni: DEL {container_id}/{ifname}: {e}; tearing down anyway");
+            defer_release(conf, container_id, ifname);
             None
         }
     };
@@ -344,6 +349,10 @@ async fn del(args: &CniArgs, conf: &NetConf) -> Result<(), CniError> {
         GONE_VETH.to_string()
     };
     match prev.or(released) {
+        // ipamd released this address from this attachment: its route and rules are ours
+        // wherever they lead (found by the soak: right after `ip netns del` the route
+        // still goes through the dying veth).
+        Some(ip) if released == Some(ip) => teardown_released(&veth, ip).await.map_err(net_error),
         // Removes the host route and rules of `ip` unless they lead to another link
         // (the address already serves a newer pod), then the pair.
         Some(ip) => teardown_pod_network(&veth, ip).await.map_err(net_error),
@@ -353,6 +362,21 @@ async fn del(args: &CniArgs, conf: &NetConf) -> Result<(), CniError> {
             delete_link(&host, &veth).await.map_err(net_error)?;
             Ok(())
         }
+    }
+}
+
+/// Leaves the release for ipamd to apply when it is back ([`deferred`]).
+fn defer_release(conf: &NetConf, container_id: &str, ifname: &str) {
+    let dir = deferred::dir_for(&rpc::socket_path(&socket(conf)));
+    let key = AttachmentKey {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+    };
+    if let Err(e) = deferred::record(&dir, &key, now_ms()) {
+        eprintln!(
+            "vpc-cni: DEL {container_id}/{ifname}: cannot leave the release in {}: {e}; the address stays assigned until the runtime's next GC",
+            dir.display()
+        );
     }
 }
 
@@ -378,17 +402,127 @@ async fn check(args: &CniArgs, conf: &NetConf) -> Result<(), CniError> {
             "",
         ));
     };
+    let container_id = required(&args.container_id);
+    let ifname = required(&args.ifname);
+    // ipamd knows the table and destinations the rules must have.
+    let held = client(conf)
+        .await?
+        .get_network(pb::GetNetworkRequest {
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        })
+        .await
+        .map_err(|s| ipamd_error("GetNetwork", s))?
+        .into_inner();
+    let check_failed =
+        |msg: String| CniError::new(ErrorCode::Plugin(ERR_NETWORK), msg, String::new());
+    if !held.found {
+        return Err(check_failed(format!(
+            "ipamd holds no address for {container_id}/{ifname}; the pod must be recreated"
+        )));
+    }
+    if held.ip.parse::<Ipv4Net>().ok().map(|n| n.addr()) != Some(ip) {
+        return Err(check_failed(format!(
+            "ipamd holds {} for {container_id}/{ifname}, but prevResult says {ip}",
+            held.ip
+        )));
+    }
+    let rule_destinations = held
+        .rule_destinations
+        .iter()
+        .map(|d| d.parse::<Ipv4Net>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            CniError::new(
+                ErrorCode::Plugin(ERR_IPAMD),
+                format!(
+                    "ipamd returned invalid rule destinations {:?}",
+                    held.rule_destinations
+                ),
+                e.to_string(),
+            )
+        })?;
     let pod = PodNetwork {
         netns_path: args.netns.clone().expect("required by CniArgs"),
-        ifname: required(&args.ifname).to_string(),
+        ifname: ifname.to_string(),
         host_veth: host_veth(args),
         ip,
         mtu: conf.mtu.unwrap_or(DEFAULT_MTU_PODCIDR),
-        // CHECK does not know the ENI's table: the rules are not checked.
-        table: None,
-        rule_destinations: Vec::new(),
+        table: (held.route_table != 0).then_some(held.route_table),
+        rule_destinations,
     };
     check_pod_network(&pod).await.map_err(net_error)
+}
+
+/// GC (spec 1.1): releases every attachment the runtime no longer lists and removes
+/// what is left of their host plumbing.
+async fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid = valid_attachments(conf)?;
+    let released = client(conf)
+        .await?
+        .gc(pb::GcRequest { valid })
+        .await
+        .map_err(|s| ipamd_error("Gc", s))?
+        .into_inner()
+        .released;
+    let mut failures = Vec::new();
+    for r in released {
+        let Ok(ip) = r.ip.parse::<Ipv4Addr>() else {
+            failures.push(format!("ipamd released an invalid address {:?}", r.ip));
+            continue;
+        };
+        let veth = attachment_host_veth(&r.pod_namespace, &r.pod_name, &r.container_id);
+        if let Err(e) = teardown_stale(&veth, ip).await {
+            failures.push(format!("{}/{} ({ip}): {e}", r.container_id, r.ifname));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            ErrorCode::Plugin(ERR_NETWORK),
+            "GC released the addresses but could not remove all host plumbing",
+            failures.join("; "),
+        ))
+    }
+}
+
+/// The key libcni writes, and the one spec drafts used (libcni sets both).
+const VALID_ATTACHMENTS_KEYS: [&str; 2] = ["cni.dev/valid-attachments", "cni.dev/attachments"];
+
+/// The attachments GC must keep; refusing a missing list, which would release every pod.
+fn valid_attachments(conf: &NetConf) -> Result<Vec<pb::Attachment>, CniError> {
+    let invalid = |msg: String| CniError::new(ErrorCode::InvalidNetConf, msg, String::new());
+    let list = VALID_ATTACHMENTS_KEYS
+        .iter()
+        .find_map(|k| conf.extra.get(*k))
+        .ok_or_else(|| {
+            invalid(format!(
+                "GC needs {:?}: the runtime's list of live attachments",
+                VALID_ATTACHMENTS_KEYS[0]
+            ))
+        })?
+        .as_array()
+        .ok_or_else(|| invalid(format!("{:?} must be an array", VALID_ATTACHMENTS_KEYS[0])))?;
+    list.iter()
+        .map(|a| {
+            let field = |k: &str| {
+                a.get(k)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+            };
+            match (field("containerID"), field("ifname")) {
+                (Some(container_id), Some(ifname)) => Ok(pb::Attachment {
+                    container_id,
+                    ifname,
+                }),
+                _ => Err(invalid(format!(
+                    "valid attachment {a} needs non-empty \"containerID\" and \"ifname\" strings"
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// STATUS: ready when ipamd answers and has an address an ADD could get right now.
@@ -475,10 +609,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gc_is_accepted() {
+    async fn gc_without_a_valid_list_is_refused() {
         let vars = [("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")];
-        let conf = br#"{"cniVersion":"1.1.0","name":"n","type":"vpc-cni"}"#;
-        assert_eq!(run(&env(&vars), conf).await.unwrap(), None);
+        for conf in [
+            r#"{"cniVersion":"1.1.0","name":"n","type":"vpc-cni"}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","type":"vpc-cni","cni.dev/valid-attachments":{}}"#,
+            r#"{"cniVersion":"1.1.0","name":"n","type":"vpc-cni","cni.dev/valid-attachments":[{"containerID":"a"}]}"#,
+        ] {
+            let e = run(&env(&vars), conf.as_bytes()).await.unwrap_err();
+            assert_eq!(e.error.code, 7, "{conf}: {}", e.error);
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! ipamd's gRPC API (proto/ipamd.proto) over a unix socket: the server side that wraps
 //! the allocator, and the client the plugin uses.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::ipam::{Added, AttachmentKey, AttachmentMeta, IpamError, PodCidrIpam, now_ms};
+use crate::ipam::deferred::{self, DeferredDel};
+use crate::ipam::{Added, AttachmentKey, AttachmentMeta, IpamError, PodCidrIpam, Pool, now_ms};
+use crate::net::repair::{self, Repairs, Wanted};
+use crate::net::veth::attachment_host_veth;
+use crate::net::{NetError, host_netlink};
 
 pub mod pb {
     tonic::include_proto!("vpccni.ipamd.v1");
@@ -38,6 +43,125 @@ pub trait Allocator: Send + 'static {
     /// Releases `key`'s address; `None` if it held none.
     fn del(&mut self, key: &AttachmentKey, now_ms: u64) -> Result<Option<Ipv4Addr>, IpamError>;
     fn status(&self, now_ms: u64) -> pb::StatusReply;
+    /// The assignments, for GC and housekeeping.
+    fn pool(&self) -> &Pool;
+    /// What `key` holds, as its ADD answered it; `None` if it holds nothing.
+    fn lookup(&self, key: &AttachmentKey) -> Option<Added>;
+}
+
+/// Releases every assignment not in `valid` (CNI GC); returns what was released, with
+/// what the ADD said about the pod.
+pub fn gc<A: Allocator>(
+    ipam: &mut A,
+    valid: &HashSet<AttachmentKey>,
+    now_ms: u64,
+) -> Result<Vec<pb::Released>, IpamError> {
+    let stale: Vec<(AttachmentKey, AttachmentMeta)> = ipam
+        .pool()
+        .assignments()
+        .filter(|(k, _)| !valid.contains(*k))
+        .map(|(k, a)| (k.clone(), a.meta.clone()))
+        .collect();
+    let mut released = Vec::new();
+    for (key, meta) in stale {
+        if let Some(ip) = ipam.del(&key, now_ms)? {
+            released.push(pb::Released {
+                container_id: key.container_id,
+                ifname: key.ifname,
+                ip: ip.to_string(),
+                netns: meta.netns,
+                pod_namespace: meta.pod_namespace,
+                pod_name: meta.pod_name,
+            });
+        }
+    }
+    Ok(released)
+}
+
+/// Applies the DELs the plugin left in `dir` while ipamd was unreachable
+/// ([`deferred`]); returns the released attachments and addresses. A request stays
+/// on disk if its release could not be journaled, to be retried.
+pub fn apply_deferred<A: Allocator>(
+    ipam: &mut A,
+    dir: &Path,
+    now_ms: u64,
+) -> Vec<(AttachmentKey, Ipv4Addr)> {
+    let pending = match deferred::pending(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "reading deferred DELs: {e}");
+            return Vec::new();
+        }
+    };
+    let mut released = Vec::new();
+    for (path, req) in pending {
+        match req {
+            Ok(req) => match release_deferred(ipam, &req, now_ms) {
+                Ok(Some(ip)) => released.push((req.key(), ip)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(container = %req.container_id, ifname = %req.ifname, "deferred DEL: {e}");
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(file = %path.display(), "dropping an unreadable deferred DEL: {e}")
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(file = %path.display(), "removing an applied deferred DEL: {e}");
+        }
+    }
+    released
+}
+
+/// Runs [`repair::repair_host`] on `ipam`'s assignments, on a runtime of its own (the
+/// caller is a blocking thread holding the allocator).
+fn repair_plumbing<A: Allocator>(ipam: &A, grace: Duration) -> Result<Repairs, NetError> {
+    let settled_before = now_ms().saturating_sub(grace.as_millis() as u64);
+    let pool = ipam.pool();
+    let held: HashSet<Ipv4Addr> = pool.assignments().map(|(_, a)| a.ip).collect();
+    let wanted: Vec<Wanted> = pool
+        .assignments()
+        .filter(|(_, a)| a.assigned_at_ms <= settled_before)
+        .filter_map(|(key, a)| {
+            let added = ipam.lookup(key)?;
+            Some(Wanted {
+                ip: a.ip,
+                host_veth: attachment_host_veth(
+                    &a.meta.pod_namespace,
+                    &a.meta.pod_name,
+                    &key.container_id,
+                ),
+                table: (added.route_table != 0).then_some(added.route_table),
+                rule_destinations: added.rule_destinations,
+            })
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| NetError::Socket {
+            op: "start a runtime for netlink".into(),
+            source,
+        })?;
+    rt.block_on(async {
+        let host = host_netlink()?;
+        repair::repair_host(&host, &wanted, &held, &|ip| pool.in_range(ip)).await
+    })
+}
+
+/// Only an assignment made before the DEL is the one it was for.
+fn release_deferred<A: Allocator>(
+    ipam: &mut A,
+    req: &DeferredDel,
+    now_ms: u64,
+) -> Result<Option<Ipv4Addr>, IpamError> {
+    let key = req.key();
+    match ipam.pool().get(&key) {
+        Some(a) if a.assigned_at_ms <= req.requested_at_ms => ipam.del(&key, now_ms),
+        _ => Ok(None),
+    }
 }
 
 impl Allocator for PodCidrIpam {
@@ -72,6 +196,19 @@ impl Allocator for PodCidrIpam {
             ..Default::default()
         }
     }
+
+    fn pool(&self) -> &Pool {
+        PodCidrIpam::pool(self)
+    }
+
+    fn lookup(&self, key: &AttachmentKey) -> Option<Added> {
+        PodCidrIpam::pool(self).get(key).map(|a| Added {
+            ip: a.ip,
+            route_table: 0,
+            existing: true,
+            rule_destinations: Vec::new(),
+        })
+    }
 }
 
 /// The service over any [`Allocator`]. Allocation does file I/O (an fsync per change),
@@ -100,6 +237,51 @@ impl<A: Allocator> IpamService<A> {
     /// A service over an allocator someone else (the reconcile loop) also holds.
     pub fn shared(ipam: Arc<Mutex<A>>) -> Self {
         IpamService { ipam }
+    }
+
+    /// One housekeeping pass (ipamd runs one before it serves): applies the deferred
+    /// DELs in `dir`, then repairs pods' host routes and rules against the store
+    /// ([`repair`]), leaving alone pods assigned less than `grace` ago (their ADD may
+    /// still be plumbing them). The allocator stays locked throughout, which the repair
+    /// needs; a pass takes milliseconds.
+    pub async fn housekeep_once(&self, dir: &Path, grace: Duration) {
+        let ipam = self.ipam.clone();
+        let dir = dir.to_path_buf();
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut guard = ipam.lock().unwrap_or_else(|p| p.into_inner());
+            let released = apply_deferred(&mut *guard, &dir, now_ms());
+            (released, repair_plumbing(&*guard, grace))
+        })
+        .await;
+        let (released, repairs) = match pass {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("housekeeping failed: {e}");
+                return;
+            }
+        };
+        for (key, ip) in released {
+            tracing::info!(container = %key.container_id, ifname = %key.ifname, %ip, "applied a DEL that could not reach ipamd");
+        }
+        match repairs {
+            Ok(r) => {
+                for what in &r.restored {
+                    tracing::warn!("restored a live pod's {what}");
+                }
+                for what in &r.removed {
+                    tracing::info!("removed a stale {what}");
+                }
+            }
+            Err(e) => tracing::warn!("repairing pods' host routes and rules: {e}"),
+        }
+    }
+
+    /// [`IpamService::housekeep_once`] every `interval`, forever.
+    pub async fn housekeeping(self, dir: PathBuf, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            self.housekeep_once(&dir, interval).await;
+        }
     }
 
     async fn with_ipam<T, F>(&self, f: F) -> Result<T, Status>
@@ -184,6 +366,42 @@ impl<A: Allocator> Ipamd for IpamService<A> {
         Ok(Response::new(pb::DelNetworkReply {
             ip: ip.map(|ip| ip.to_string()).unwrap_or_default(),
         }))
+    }
+
+    async fn get_network(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> Result<Response<pb::GetNetworkReply>, Status> {
+        let r = req.into_inner();
+        let key = key(r.container_id, r.ifname)?;
+        let found = self.with_ipam(move |ipam| Ok(ipam.lookup(&key))).await?;
+        Ok(Response::new(match found {
+            None => pb::GetNetworkReply::default(),
+            Some(a) => pb::GetNetworkReply {
+                found: true,
+                ip: format!("{}/32", a.ip),
+                route_table: a.route_table,
+                rule_destinations: a.rule_destinations.iter().map(|d| d.to_string()).collect(),
+            },
+        }))
+    }
+
+    async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcReply>, Status> {
+        let valid = req
+            .into_inner()
+            .valid
+            .into_iter()
+            .map(|a| key(a.container_id, a.ifname))
+            .collect::<Result<HashSet<_>, _>>()?;
+        let kept = valid.len();
+        let released = self
+            .with_ipam(move |ipam| gc(ipam, &valid, now_ms()))
+            .await?;
+        for r in &released {
+            tracing::info!(container = %r.container_id, ifname = %r.ifname, ip = %r.ip, "GC released a stale attachment");
+        }
+        tracing::info!(valid = kept, released = released.len(), "Gc");
+        Ok(Response::new(pb::GcReply { released }))
     }
 
     async fn status(

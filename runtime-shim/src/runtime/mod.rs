@@ -96,6 +96,9 @@ pub struct Runtime {
     pub(crate) cni: crate::sandbox::cni::Cni,
     /// Serialises requests about the same pod or sandbox (retries of one request).
     pub(crate) locks: keyed_locks::KeyedLocks,
+    /// Sandbox set-ups hold it shared, CNI GC exclusively: an attachment whose ADD is in
+    /// flight is in no list GC could be given yet, and must not be collected.
+    pub(crate) gc_lock: tokio::sync::RwLock<()>,
 }
 
 impl Runtime {
@@ -118,6 +121,7 @@ impl Runtime {
             cni_conf_dir: cni_conf_dir.to_path_buf(),
             cni,
             locks: keyed_locks::KeyedLocks::default(),
+            gc_lock: tokio::sync::RwLock::new(()),
         })
     }
 

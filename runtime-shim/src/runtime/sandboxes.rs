@@ -39,6 +39,7 @@ impl Runtime {
                 meta.namespace, meta.name, meta.uid, meta.attempt
             ))
             .await;
+        let _no_gc = self.gc_lock.read().await;
         // A kubelet that timed out and retried gets the sandbox it already has.
         if let Some(existing) = self
             .sandboxes
@@ -257,6 +258,27 @@ impl Runtime {
             .del(&config, &net.attachment)
             .await
             .map_err(|e| RuntimeError::Internal(e.context("tearing down the pod network")))
+    }
+
+    /// CNI GC on the current network configuration, the attachments of this runtime's
+    /// sandboxes being the valid ones: what a lost DEL left allocated is released. No
+    /// set-up runs meanwhile, so an ADD in flight is never collected.
+    pub async fn gc_network(&self) -> Result<()> {
+        let _exclusive = self.gc_lock.write().await;
+        let Some(net) = cni::load(&self.cni_conf_dir)? else {
+            return Ok(());
+        };
+        let valid: Vec<(String, String)> = self
+            .sandboxes
+            .list()
+            .into_iter()
+            .filter_map(|s| s.network)
+            .map(|n| (n.attachment.container_id, n.attachment.ifname))
+            .collect();
+        self.cni
+            .gc(&net, &valid)
+            .await
+            .map_err(|e| RuntimeError::Internal(e.context("CNI GC")))
     }
 
     /// Removes the sandbox and its containers. Removing an unknown sandbox succeeds.

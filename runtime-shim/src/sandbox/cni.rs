@@ -3,7 +3,8 @@
 //! conf dir (lexical order, `.conflist` or single-plugin `.conf`/`.json`), each plugin
 //! run in order for ADD with the previous result as `prevResult` and the capabilities it
 //! declares in `runtimeConfig`, in reverse order for DEL (also after a failed ADD), and
-//! the result cached in libcni's format (`/var/lib/cni/results`) for DEL and CHECK.
+//! the result cached in libcni's format (`/var/lib/cni/results`) for DEL and CHECK; GC
+//! (spec 1.1) in order with the attachments still in use.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -141,7 +142,10 @@ impl Cni {
     pub async fn add(&self, net: &NetworkConfig, att: &Attachment) -> Result<Value> {
         let mut prev: Option<Value> = None;
         for plugin in &net.plugins {
-            match self.exec("ADD", net, plugin, att, prev.as_ref()).await {
+            match self
+                .exec("ADD", net, plugin, Some(att), prev.as_ref())
+                .await
+            {
                 Ok(r) => prev = Some(r),
                 Err(e) => {
                     // The spec: a runtime must DEL after a failed ADD.
@@ -168,7 +172,10 @@ impl Cni {
             .filter(|r| !r.is_null());
         let mut first_err = None;
         for plugin in net.plugins.iter().rev() {
-            if let Err(e) = self.exec("DEL", net, plugin, att, cached.as_ref()).await {
+            if let Err(e) = self
+                .exec("DEL", net, plugin, Some(att), cached.as_ref())
+                .await
+            {
                 first_err.get_or_insert(e);
             }
         }
@@ -179,6 +186,31 @@ impl Cni {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    /// GC through the whole list, as libcni runs it: each plugin gets the attachments
+    /// (container ID, interface) still in use and releases what it holds for any other.
+    /// Networks older than 1.1.0 know no GC and are skipped. Every plugin runs even if
+    /// one fails; the first error is returned.
+    pub async fn gc(&self, net: &NetworkConfig, valid: &[(String, String)]) -> Result<()> {
+        if !knows_gc(&net.cni_version) {
+            return Ok(());
+        }
+        let valid: Vec<Value> = valid
+            .iter()
+            .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
+            .collect();
+        let mut first_err = None;
+        for plugin in &net.plugins {
+            let mut plugin = plugin.clone();
+            // libcni sets both: the spec's key and the one its drafts used.
+            plugin["cni.dev/valid-attachments"] = json!(valid);
+            plugin["cni.dev/attachments"] = json!(valid);
+            if let Err(e) = self.exec("GC", net, &plugin, None, None).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     fn write_cache(&self, net: &NetworkConfig, att: &Attachment, result: &Value) -> Result<()> {
@@ -207,7 +239,8 @@ impl Cni {
         command: &str,
         net: &NetworkConfig,
         plugin: &Value,
-        att: &Attachment,
+        // `None` for the commands about no one attachment (GC).
+        att: Option<&Attachment>,
         prev: Option<&Value>,
     ) -> Result<Value> {
         let typ = plugin["type"].as_str().unwrap_or_default();
@@ -223,7 +256,7 @@ impl Cni {
         if let Some(caps) = plugin["capabilities"].as_object() {
             for (cap, on) in caps {
                 if on.as_bool() == Some(true)
-                    && let Some(v) = att.capability_args.get(cap)
+                    && let Some(v) = att.and_then(|a| a.capability_args.get(cap))
                 {
                     rc.insert(cap.clone(), v.clone());
                 }
@@ -232,20 +265,22 @@ impl Cni {
         if !rc.is_empty() {
             conf["runtimeConfig"] = Value::Object(rc);
         }
-        let args = att
-            .cni_args()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(";");
         let path = std::env::join_paths(&self.bin_dirs).context("CNI bin dirs")?;
-        let mut child = tokio::process::Command::new(&binary)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &att.container_id)
-            .env("CNI_NETNS", &att.netns)
-            .env("CNI_IFNAME", &att.ifname)
-            .env("CNI_ARGS", args)
-            .env("CNI_PATH", path)
+        let mut cmd = tokio::process::Command::new(&binary);
+        cmd.env("CNI_COMMAND", command).env("CNI_PATH", path);
+        if let Some(att) = att {
+            let args = att
+                .cni_args()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(";");
+            cmd.env("CNI_CONTAINERID", &att.container_id)
+                .env("CNI_NETNS", &att.netns)
+                .env("CNI_IFNAME", &att.ifname)
+                .env("CNI_ARGS", args);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -276,6 +311,13 @@ impl Cni {
         }
         Ok(stdout)
     }
+}
+
+/// Whether a network of `version` may be sent GC (spec 1.1.0 and later).
+fn knows_gc(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 1)
 }
 
 /// The pod's primary IPv4 (or first) address from a CNI result, without the prefix.
@@ -310,6 +352,81 @@ mod tests {
         let c = load(d.path()).unwrap().unwrap();
         assert_eq!((c.name.as_str(), c.plugins.len()), ("pods", 2));
         assert!(load(&d.path().join("missing")).unwrap().is_none());
+    }
+
+    /// A plugin that records its CNI_* variables and stdin, one file per run.
+    fn recording_plugin(dir: &Path) -> Cni {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let script = format!(
+            "#!/bin/sh\nout={}/run.$$\nenv | grep ^CNI_ | sort > $out.env\ncat > $out.stdin\n",
+            dir.display()
+        );
+        let plugin = bin.join("recorder");
+        std::fs::write(&plugin, script).unwrap();
+        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Cni {
+            bin_dirs: vec![bin],
+            cache_dir: dir.join("cache"),
+        }
+    }
+
+    fn runs(dir: &Path, ext: &str) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn gc_gives_every_plugin_the_attachments_in_use() {
+        let d = tempfile::tempdir().unwrap();
+        let cni = recording_plugin(d.path());
+        let net = parse(
+            br#"{"cniVersion":"1.1.0","name":"pods","plugins":[{"type":"recorder"},{"type":"recorder","x":1}]}"#,
+            true,
+        )
+        .unwrap();
+        let valid = vec![("abc".to_string(), "eth0".to_string())];
+        cni.gc(&net, &valid).await.unwrap();
+        let envs = runs(d.path(), "env");
+        assert_eq!(envs.len(), 2);
+        for env in &envs {
+            assert!(env.contains("CNI_COMMAND=GC\n"), "{env}");
+            // GC is about no one attachment.
+            assert!(!env.contains("CNI_CONTAINERID"), "{env}");
+            assert!(!env.contains("CNI_NETNS"), "{env}");
+        }
+        for stdin in runs(d.path(), "stdin") {
+            let conf: Value = serde_json::from_str(&stdin).unwrap();
+            let want = json!([{"containerID": "abc", "ifname": "eth0"}]);
+            assert_eq!(conf["cni.dev/valid-attachments"], want, "{conf}");
+            assert_eq!(conf["cni.dev/attachments"], want, "{conf}");
+            assert_eq!(
+                (conf["name"].as_str(), conf["cniVersion"].as_str()),
+                (Some("pods"), Some("1.1.0"))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn networks_before_1_1_get_no_gc() {
+        let d = tempfile::tempdir().unwrap();
+        let cni = recording_plugin(d.path());
+        for version in ["1.0.0", "0.4.0"] {
+            let conf = format!(
+                r#"{{"cniVersion":"{version}","name":"pods","plugins":[{{"type":"recorder"}}]}}"#
+            );
+            let net = parse(conf.as_bytes(), true).unwrap();
+            cni.gc(&net, &[]).await.unwrap();
+        }
+        assert!(runs(d.path(), "env").is_empty());
+        assert!(knows_gc("1.1.0") && knows_gc("2.0.0") && !knows_gc("1.0.0"));
     }
 
     #[test]

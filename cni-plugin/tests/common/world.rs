@@ -1,12 +1,12 @@
-//! The emulated eni-mode node the eni and prefix tests share: the EC2 emulator (moto +
+//! The eni-mode test world, shared by the eni test binaries: the EC2 emulator (moto +
 //! the IMDSv2 view, `hack/ec2-emulator.sh`), the emulated VPC data plane
 //! (`hack/imds/vpc.py`, which plugs the ENIs EC2 attaches into the node), and the built
 //! `ipamd --mode eni` running inside a network namespace that is the emulated instance,
 //! with EC2 and IMDS relayed into it as `hack/node.sh --eni` does.
 //!
-//! Each [`World`] owns a VPC of its own (a /16 of 100.64.0.0/10 derived from the pid and
-//! a slot), a bridge and namespaces with unique names, and a guard that stops every
-//! process and removes every link and namespace it created, also when an assertion fails.
+//! Each world owns a VPC of its own (a /16 of 100.64.0.0/10 derived from the pid), a
+//! bridge and namespaces with unique names, and a guard that stops every process and
+//! removes every link and namespace it created, also when an assertion fails.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::collections::{BTreeSet, HashMap};
@@ -110,15 +110,21 @@ pub struct World {
     pub relays: Vec<Child>,
     pub ipamd: Option<Child>,
     pub ipamd_env: Vec<(String, String)>,
+    pub ipamd_args: Vec<String>,
     pub pod_netns: Vec<String>,
     pub ec2: SdkEc2,
 }
 
 impl World {
     /// `slot` (0..4) tells the tests of this binary apart; `ipamd_env` are the
-    /// WARM_*-style variables ipamd runs with. The subnet is a /20 and ipamd runs.
+    /// WARM_*-style variables ipamd runs with.
     pub fn new(slot: u32, ipamd_env: &[(&str, &str)]) -> World {
-        let mut w = World::without_ipamd(slot, ipamd_env, 20);
+        World::with_ipamd_args(slot, ipamd_env, &[])
+    }
+
+    /// [`World::new`] with extra ipamd flags (`ipamd_args`).
+    pub fn with_ipamd_args(slot: u32, ipamd_env: &[(&str, &str)], ipamd_args: &[&str]) -> World {
+        let mut w = World::build(slot, ipamd_env, ipamd_args, 20);
         w.start_ipamd();
         w
     }
@@ -126,6 +132,10 @@ impl World {
     /// The same node on a subnet of `subnet_len` bits (the VPC's first), with ipamd not
     /// started yet: the test shapes the subnet first, then calls [`World::start_ipamd`].
     pub fn without_ipamd(slot: u32, ipamd_env: &[(&str, &str)], subnet_len: u8) -> World {
+        World::build(slot, ipamd_env, &[], subnet_len)
+    }
+
+    fn build(slot: u32, ipamd_env: &[(&str, &str)], ipamd_args: &[&str], subnet_len: u8) -> World {
         assert!(slot < 4);
         assert!((16..=28).contains(&subnet_len));
         let pid = std::process::id();
@@ -160,6 +170,7 @@ impl World {
             vpc: None,
             relays: Vec::new(),
             ipamd: None,
+            ipamd_args: ipamd_args.iter().map(|a| a.to_string()).collect(),
             ipamd_env: ipamd_env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -364,6 +375,11 @@ impl World {
     }
 
     pub fn start_ipamd(&mut self) {
+        self.ipamd = Some(self.spawn_ipamd());
+    }
+
+    /// Starts an ipamd the caller owns (and must kill) and waits until it answers.
+    pub fn spawn_ipamd(&self) -> Child {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -379,22 +395,29 @@ impl World {
             .arg(self.dir.path().join("state"))
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .args(&self.ipamd_args)
             .envs(self.ipamd_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        self.ipamd = Some(cmd.spawn().expect("spawn ipamd"));
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut child = cmd.spawn().expect("spawn ipamd");
+        // Generous: on a loaded machine the emulator answers slowly.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while self.try_status().is_none() {
-            if let Some(st) = self.ipamd.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(st) = child.try_wait().unwrap() {
                 panic!("ipamd exited with {st}: {}", self.log("ipamd.log"));
             }
-            assert!(
-                Instant::now() < deadline,
-                "ipamd does not answer Status after 30 s"
-            );
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "ipamd does not answer Status after 90 s: {}",
+                    self.log("ipamd.log")
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+        child
     }
 
     /// `kill -9`: no shutdown, no socket cleanup.
@@ -443,11 +466,7 @@ impl World {
             timeout,
             || {
                 let s = self.status();
-                let ours: BTreeSet<Ipv4Addr> = s
-                    .enis
-                    .iter()
-                    .flat_map(|e| e.ips.iter().map(|ip| ip.parse().unwrap()))
-                    .collect();
+                let ours = pool_ips(&s);
                 let ec2 = self.ec2_secondary_ips();
                 if s.free - s.cooldown == available && ours.len() == total && ours == ec2 {
                     Ok(s)
@@ -511,25 +530,6 @@ impl World {
         json!({"cniVersion": "1.1.0", "name": "pods", "type": "vpc-cni", "ipamdSocket": self.socket(), "mtu": 1500})
     }
 
-    /// ADD through the plugin in a new pod namespace; the pod's namespace and IP.
-    pub fn plugin_add(&mut self, name: &str) -> (String, Ipv4Addr) {
-        let ns = self.pod_netns(name);
-        let out = self.cni("ADD", &ns, &self.conf());
-        assert!(
-            out.status.success(),
-            "ADD: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .trim_end_matches("/32")
-            .parse()
-            .unwrap();
-        (ns, ip)
-    }
-
     pub fn pod_netns(&mut self, name: &str) -> String {
         let ns = format!("vpccni-ep-{}-{name}", self.tag);
         run("ip", &["netns", "add", &ns]);
@@ -584,6 +584,36 @@ pub fn add_to(socket: &Path, container_id: &str) -> Result<pb::AddNetworkReply, 
     })
 }
 
+/// Every IP ipamd's pool uses, over all ENIs.
+pub fn pool_ips(s: &pb::StatusReply) -> BTreeSet<Ipv4Addr> {
+    s.enis
+        .iter()
+        .flat_map(|e| e.ips.iter().map(|ip| ip.parse().unwrap()))
+        .collect()
+}
+
 pub fn ip_of(reply: &pb::AddNetworkReply) -> Ipv4Addr {
     reply.ip.trim_end_matches("/32").parse().unwrap()
+}
+
+impl World {
+    /// ADD through the plugin in a new pod namespace; the pod's namespace, IP and the
+    /// plugin's result.
+    pub fn plugin_add(&mut self, name: &str) -> (String, Ipv4Addr, Value) {
+        let ns = self.pod_netns(name);
+        let out = self.cni("ADD", &ns, &self.conf());
+        assert!(
+            out.status.success(),
+            "ADD: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/32")
+            .parse()
+            .unwrap();
+        (ns, ip, result)
+    }
 }
