@@ -79,32 +79,12 @@ startup() {
     done
 }
 
-# startup_concurrent NODE: creates $PODS pods in one apply; prints one latency in ms per pod.
+# startup_concurrent NODE: creates $PODS pods at once; prints one latency in ms per pod,
+# each from its own create request until a watch sees it Ready (tests/src/bin/pod-burst.rs:
+# a `kubectl apply` of a List would create them one after another).
 startup_concurrent() {
-    local node="$1" i t0 now name state
-    local -A seen=()
-    {
-        echo '{"apiVersion":"v1","kind":"List","items":['
-        for i in $(seq 1 "$PODS"); do
-            [ "$i" = 1 ] || echo ,
-            pod_manifest "c$i-$node" "$node" conc
-        done
-        echo ']}'
-    } >"$WORK/conc-$node.json"
-    t0=$(date +%s%N)
-    "${KC[@]}" apply -f "$WORK/conc-$node.json" >/dev/null
-    while [ ${#seen[@]} -lt "$PODS" ]; do
-        [ $((($(date +%s%N) - t0) / 1000000000)) -lt 300 ] || die "$node: pods not Ready 300 s after creation"
-        while read -r name state; do
-            now=$(date +%s%N)
-            if [ "$state" = Running/true ] && [ -z "${seen[$name]:-}" ]; then
-                seen[$name]=1
-                echo $(((now - t0) / 1000000))
-            fi
-        done < <("${KC[@]}" get pods -l "bench=$node,phase=conc" -o \
-            jsonpath='{range .items[*]}{.metadata.name} {.status.phase}/{.status.containerStatuses[0].ready}{"\n"}{end}')
-        sleep 0.05
-    done
+    "$NODERT_BIN_DIR/pod-burst" --kubeconfig "$WORK/cp/admin.kubeconfig" --node "$1" \
+        --image "$IMAGE" --count "$PODS"
 }
 
 # delete_phase NODE PHASE: deletes that phase's pods and waits until they are gone.

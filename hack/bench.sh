@@ -7,8 +7,8 @@
 #     shows the pod Running and Ready, polled every 50 ms: the same client overhead for
 #     both), then the memory (PSS, /proc/PID/smaps_rollup) of all node daemons with the
 #     N pods running;
-#  2. startup latency of N pods created at once (one apply of N pods; a pod's latency is
-#     when a poll of the API, every 50 ms, first shows it Running and Ready);
+#  2. startup latency of N pods created at once (N concurrent create requests; a pod's
+#     latency runs from its own request until a watch sees it Running and Ready);
 #  3. pod-to-pod connectivity after creation, for M web pods one after another: from the
 #     apply until a client pod on the same node gets an HTTP answer from the new pod.
 # Not a test: it prints figures.
