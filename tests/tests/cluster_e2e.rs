@@ -194,32 +194,43 @@ fn scenario(mode: &str) {
         Duration::from_secs(30),
         || Ok(http_in(&a_ns, &service).ok()),
     );
-    for _ in 0..20 {
-        http_in(&a_ns, &service).unwrap();
-    }
-    let table = c
-        .on_node(
+    // kube-proxy may serve the Service before it has every endpoint (endpoints of pods
+    // that just became Ready arrive a sync later), so requests go in rounds of 20 until
+    // pods of every node have answered, or the deadline says one never does.
+    let answered_by_every_node = || -> anyhow::Result<Option<()>> {
+        for _ in 0..20 {
+            http_in(&a_ns, &service)?;
+        }
+        let table = c.on_node(
             0,
             &["conntrack", "-L", "-p", "tcp", "--orig-dst", &cluster_ip],
-        )
-        .unwrap();
-    // Each entry: original src, dst, ..., then the reply's src, which is the backend pod.
-    let backends: HashSet<&str> = table
-        .lines()
-        .filter_map(|l| {
-            l.split_whitespace()
-                .filter_map(|f| f.strip_prefix("src="))
-                .nth(1)
-        })
-        .collect();
-    for (n, node) in nodes.iter().enumerate() {
-        assert!(
-            on(n)
+        )?;
+        // Each entry: original src, dst, ..., then the reply's src, which is the backend pod.
+        let backends: HashSet<&str> = table
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .filter_map(|f| f.strip_prefix("src="))
+                    .nth(1)
+            })
+            .collect();
+        for (n, node) in nodes.iter().enumerate() {
+            if !on(n)
                 .iter()
-                .any(|p| backends.contains(s(p, &["status", "podIP"]))),
-            "no answer from a pod on {node} through {cluster_ip}; backends seen: {backends:?}"
-        );
-    }
+                .any(|p| backends.contains(s(p, &["status", "podIP"])))
+            {
+                anyhow::bail!(
+                    "no answer from a pod on {node} through {cluster_ip}; backends seen: {backends:?}"
+                );
+            }
+        }
+        Ok(Some(()))
+    };
+    eventually(
+        "pods of every node answer through the Service",
+        Duration::from_secs(30),
+        answered_by_every_node,
+    );
 
     // Killing any node daemon disrupts no pod: the node restarts it, containers keep
     // serving, keep their IDs and restart counts, and ipamd keeps its allocations.
