@@ -319,12 +319,17 @@ fn a_thousand_pods_with_ipamd_killed_at_random_leak_nothing() {
     });
 
     // Nothing of any pod is left on the node.
-    let links = ip_json(&["-n", &w.node_ns, "link", "show"]);
-    let veths: Vec<&Value> = links
-        .iter()
-        .filter(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with("eni")))
-        .collect();
-    assert!(veths.is_empty(), "pod veths left: {veths:?}");
+    // (A pod's veth pair goes with its netns, which the kernel destroys in the background.)
+    eventually("no pod veth is left", Duration::from_secs(10), || {
+        let veths: Vec<Value> = ip_json(&["-n", &w.node_ns, "link", "show"])
+            .into_iter()
+            .filter(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with("eni")))
+            .collect();
+        veths
+            .is_empty()
+            .then_some(())
+            .ok_or_else(|| format!("pod veths left: {veths:?}"))
+    });
     let is_pod_ip = |v: &Value| {
         v.as_str()
             .and_then(|a| a.parse::<Ipv4Addr>().ok())

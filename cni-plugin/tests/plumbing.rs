@@ -77,6 +77,19 @@ impl TestPod {
             .iter()
             .all(|l| l["ifname"] != self.net.host_veth.as_str())
     }
+
+    /// The kernel destroys a deleted netns, and the veths in it, in the background.
+    fn wait_host_veth_gone(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.host_veth_exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} outlived the pod's netns",
+                self.net.host_veth
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for TestPod {
@@ -201,7 +214,7 @@ async fn without_a_table_no_rules_are_added() {
 }
 
 #[tokio::test]
-async fn teardown_removes_everything_and_is_idempotent() {
+async fn teardown_detaches_the_pod_and_is_idempotent() {
     let pod = TestPod::new();
     // Before any setup: nothing to remove is success.
     teardown_pod_network(&pod.net.host_veth, pod.net.ip)
@@ -212,32 +225,51 @@ async fn teardown_removes_everything_and_is_idempotent() {
     teardown_pod_network(&pod.net.host_veth, pod.net.ip)
         .await
         .unwrap();
-    assert!(!pod.host_veth_exists());
     assert!(pod.host_routes_to_pod().is_empty());
     assert!(pod.rules_for_pod().is_empty());
-    // Deleting the host end removed the pod end too.
+    // The pair stays for the netns to take with it, carrying nothing.
+    assert!(pod.host_veth_exists());
     assert!(
-        pod.pod_json(&["link", "show"])
-            .iter()
-            .all(|l| l["ifname"] != "eth0")
+        ip_json(&[
+            "-4",
+            "route",
+            "show",
+            "table",
+            "all",
+            "dev",
+            &pod.net.host_veth
+        ])
+        .is_empty(),
+        "routes still lead through the detached veth"
     );
-
     teardown_pod_network(&pod.net.host_veth, pod.net.ip)
         .await
         .unwrap();
+
+    // An ADD into the same netns after the DEL replaces the detached pair.
+    setup(&pod).await;
+    check_pod_network(&pod.net).await.unwrap();
+    assert_eq!(pod.host_routes_to_pod().len(), 1);
+    teardown_pod_network(&pod.net.host_veth, pod.net.ip)
+        .await
+        .unwrap();
+
+    // The runtime deletes the netns after DEL: the pair goes with it.
+    run("ip", &["netns", "del", &pod.netns]);
+    pod.wait_host_veth_gone();
 }
 
 #[tokio::test]
 async fn teardown_after_the_netns_is_gone() {
     let pod = TestPod::new();
     setup(&pod).await;
-    // Deleting the namespace destroys eth0 and with it the host veth and its route;
-    // only the rules remain for DEL to clean up.
+    // Deleting the namespace destroys eth0 and with it (soon) the host veth and its
+    // route; only the rules remain for DEL to clean up.
     run("ip", &["netns", "del", &pod.netns]);
     teardown_pod_network(&pod.net.host_veth, pod.net.ip)
         .await
         .unwrap();
-    assert!(!pod.host_veth_exists());
+    pod.wait_host_veth_gone();
     assert!(pod.rules_for_pod().is_empty());
     assert!(pod.host_routes_to_pod().is_empty());
 }
@@ -298,12 +330,12 @@ async fn check_reports_what_is_missing() {
     teardown_pod_network(&pod.net.host_veth, pod.net.ip)
         .await
         .unwrap();
+    // A detached pod fails CHECK: nothing routes to it.
     let err = check_pod_network(&pod.net).await.unwrap_err().to_string();
     assert!(
-        err.contains("host veth") && err.contains("does not exist"),
+        err.contains(&format!("host route {ip}/32 is missing")),
         "{err}"
     );
-    assert!(err.contains("eth0 does not exist in the pod"), "{err}");
 }
 
 #[tokio::test]

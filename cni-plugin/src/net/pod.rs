@@ -73,7 +73,9 @@ pub async fn setup_pod_network(pod: &PodNetwork) -> Result<PodLinks, NetError> {
     let ns = NetNs::open(&pod.netns_path)?;
     let host = host_netlink()?;
     let inside = ns.netlink()?;
-    if find_link(&inside, &pod.ifname).await?.is_some() {
+    if let Some(existing) = find_link(&inside, &pod.ifname).await?
+        && !is_detached_pair(&host, &existing, &pod.host_veth).await?
+    {
         return Err(NetError::AlreadyExists {
             name: pod.ifname.clone(),
             netns: pod.netns_path.clone(),
@@ -84,10 +86,31 @@ pub async fn setup_pod_network(pod: &PodNetwork) -> Result<PodLinks, NetError> {
         Ok(links) => Ok(links),
         Err(e) => {
             // Best effort: the setup error is what the caller needs to see.
-            let _ = teardown_with(&host, &pod.host_veth, pod.ip, true).await;
+            let _ = teardown_with(&host, &pod.host_veth, pod.ip, true, Pair::Delete).await;
             Err(e)
         }
     }
+}
+
+/// Whether `pod_link` is the pod end of a pair a DEL of this pod detached (see
+/// [`teardown_pod_network`]): its peer is our host veth, and nothing is routed through
+/// that any more. Such a pair is replaced; any other interface of that name is not ours.
+async fn is_detached_pair(
+    host: &Handle,
+    pod_link: &LinkInfo,
+    host_veth: &str,
+) -> Result<bool, NetError> {
+    let Some(veth) = find_link(host, host_veth).await? else {
+        return Ok(false);
+    };
+    if pod_link.peer_index != Some(veth.index) {
+        return Ok(false);
+    }
+    let routed = ipv4_routes(host)
+        .await?
+        .iter()
+        .any(|r| r.oif == Some(veth.index));
+    Ok(!routed)
 }
 
 async fn build(
@@ -291,13 +314,26 @@ pub(crate) fn has_from_pod_rule(rules: &[Rule4], ip: Ipv4Addr, table: u32, dst: 
     })
 }
 
-/// Removes the pod's attachment: its policy rules, its host route and the veth pair.
-/// Idempotent: anything already gone counts as removed, and it needs neither the pod's
-/// namespace nor its route table. Must be called from within a tokio runtime.
+/// What a teardown does with the veth pair once the pod's routes and rules are gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pair {
+    /// Leave it to die with the pod's netns, which the runtime deletes right after DEL
+    /// (as the AWS VPC CNI does): deleting a veth costs an RCU grace period, most of a
+    /// DEL's time, while a netns is destroyed in the background. Without its route and
+    /// rules the pair carries nothing; an ADD into the same netns replaces it.
+    Detach,
+    /// Delete it now: nobody else will (a failed ADD, GC of a netns already gone).
+    Delete,
+}
+
+/// Detaches the pod: removes its policy rules and its host route, and leaves the veth
+/// pair to go with the pod's netns ([`Pair::Detach`]). Idempotent: anything already
+/// gone counts as removed, and it needs neither the pod's namespace nor its route
+/// table. Must be called from within a tokio runtime.
 pub async fn teardown_pod_network(host_veth: &str, ip: Ipv4Addr) -> Result<(), NetError> {
     check_ifname(host_veth)?;
     let host = host_netlink()?;
-    teardown_with(&host, host_veth, ip, false).await
+    teardown_with(&host, host_veth, ip, false, Pair::Detach).await
 }
 
 /// [`teardown_pod_network`] of an address ipamd has just released from this very
@@ -307,7 +343,7 @@ pub async fn teardown_pod_network(host_veth: &str, ip: Ipv4Addr) -> Result<(), N
 pub async fn teardown_released(host_veth: &str, ip: Ipv4Addr) -> Result<(), NetError> {
     check_ifname(host_veth)?;
     let host = host_netlink()?;
-    teardown_with(&host, host_veth, ip, true).await
+    teardown_with(&host, host_veth, ip, true, Pair::Detach).await
 }
 
 async fn teardown_with(
@@ -315,6 +351,7 @@ async fn teardown_with(
     host_veth: &str,
     ip: Ipv4Addr,
     released: bool,
+    pair: Pair,
 ) -> Result<(), NetError> {
     let veth = find_link(host, host_veth).await?;
     let route = ipv4_routes(host)
@@ -335,7 +372,9 @@ async fn teardown_with(
             delete_route(host, r).await?;
         }
     }
-    delete_link(host, host_veth).await?;
+    if pair == Pair::Delete {
+        delete_link(host, host_veth).await?;
+    }
     Ok(())
 }
 
@@ -353,7 +392,7 @@ pub async fn teardown_stale(host_veth: &str, ip: Ipv4Addr) -> Result<(), NetErro
         .find(|r| r.table == MAIN_TABLE && r.dst == (ip, 32));
     let through_veth = matches!((&route, &veth), (Some(r), Some(v)) if r.oif == Some(v.index));
     if through_veth {
-        return teardown_with(&host, host_veth, ip, true).await;
+        return teardown_with(&host, host_veth, ip, true, Pair::Delete).await;
     }
     // Nobody holds `ip` now: whatever still routes it is stale.
     delete_rules_for(&host, ip).await?;

@@ -81,6 +81,8 @@ pub struct LinkInfo {
     pub mac: MacAddr,
     pub mtu: u32,
     pub up: bool,
+    /// The peer's index (`IFLA_LINK`) for a veth, in the peer's namespace.
+    pub peer_index: Option<u32>,
 }
 
 impl LinkInfo {
@@ -91,11 +93,13 @@ impl LinkInfo {
             mac: MacAddr::default(),
             mtu: 0,
             up: msg.header.flags.contains(LinkFlags::Up),
+            peer_index: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => info.name = n.clone(),
                 LinkAttribute::Mtu(m) => info.mtu = *m,
+                LinkAttribute::Link(i) => info.peer_index = Some(*i),
                 LinkAttribute::Address(a) => {
                     if let Ok(mac) = <[u8; 6]>::try_from(a.as_slice()) {
                         info.mac = MacAddr(mac);

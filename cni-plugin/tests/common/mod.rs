@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -49,4 +50,19 @@ pub fn ping(ns: Option<&str>, target: &str) -> bool {
     argv.extend_from_slice(ping);
     argv.extend_from_slice(&["-c", "1", "-W", "2", target]);
     quiet(argv[0], &argv[1..])
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, panicking with `what` and the last
+/// value it saw after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("{what} did not happen within {timeout:?}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
 }

@@ -20,6 +20,7 @@ use cni_plugin::aws::ec2::{Ec2, Eni, SdkEc2};
 use cni_plugin::rpc::{self, pb};
 use serde_json::{Value, json};
 
+pub use crate::common::eventually;
 use crate::common::{quiet, run};
 
 pub const IPAMD: &str = env!("CARGO_BIN_EXE_ipamd");
@@ -35,21 +36,6 @@ pub fn repo_root() -> PathBuf {
 pub fn venv_python() -> PathBuf {
     let cache = std::env::var("NODERT_CACHE").unwrap_or_else(|_| "/var/cache/node-runtime".into());
     Path::new(&cache).join("venv/bin/python")
-}
-
-/// Polls `f` every 200 ms until it returns `Some`, panicking with `what` and the last
-/// value it saw after `timeout`.
-pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{what} did not happen within {timeout:?}; last: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 /// An EC2 client of the emulator with the test credentials it accepts.
