@@ -116,6 +116,7 @@ async fn daemon() -> Result<()> {
     )
     .with_context(|| format!("opening runtime state in {}", args.root.display()))?;
     runtime.recover().await;
+    runtime.reclaim_orphans().await;
     let runtime = Arc::new(runtime);
     tokio::spawn(cni_gc(runtime.clone()));
     let listener = tokio::net::TcpListener::bind(args.stream_address)
@@ -131,7 +132,8 @@ async fn daemon() -> Result<()> {
     let router = tonic::transport::Server::builder()
         .add_service(ImageServiceServer::new(ImageServiceImpl::new(puller)))
         .add_service(RuntimeServiceServer::new(RuntimeServiceImpl::new(
-            runtime, streaming,
+            runtime.clone(),
+            streaming,
         )));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -142,5 +144,7 @@ async fn daemon() -> Result<()> {
         }
         tracing::info!("shutting down");
     };
-    server::serve(&args.listen, router, shutdown).await
+    server::serve(&args.listen, router, shutdown).await?;
+    runtime.drain().await;
+    Ok(())
 }

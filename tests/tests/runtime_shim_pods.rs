@@ -436,6 +436,45 @@ async fn a_crashed_daemon_leaves_containers_running_and_finds_them_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_container_left_without_a_record_is_reclaimed_at_start() {
+    let reg = Registry::start().unwrap();
+    let dirs = ShimDirs::new().unwrap();
+    let shim = RuntimeShim::start(&dirs, &reg).unwrap();
+    let (mut images, mut rt) = (shim.images().await.unwrap(), shim.runtime().await.unwrap());
+    pull(&mut images, BUSYBOX).await;
+    let pod = run_pod(&mut rt, &dirs, "orphan").await;
+    let c = start(&mut rt, &pod, "sleeper", BUSYBOX, &["sleep", "3600"], None).await;
+    // What a daemon killed half-way through a CreateContainer (rootfs mounted, monitor
+    // and runc container made, record not yet written) or through the background
+    // reclaim after a RemoveContainer leaves: a container directory without a record.
+    shim.crash();
+    let dir = dirs.root().join("containers").join(&c);
+    std::fs::remove_file(dirs.root().join("containers").join(format!("{c}.json"))).unwrap();
+    assert!(
+        dir.join("rootfs/bin").exists(),
+        "the rootfs was not mounted"
+    );
+
+    let shim = RuntimeShim::start(&dirs, &reg).unwrap();
+    let mut rt = shim.runtime().await.unwrap();
+    assert!(!dir.exists(), "the orphan's directory is still there");
+    let listed = rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    assert!(
+        !dirs.state().join("runc").join(&c).exists(),
+        "runc still knows the orphan"
+    );
+    remove_pod(&mut rt, &pod).await;
+    drop(shim);
+    assert_no_leaks(&dirs, &[&pod.id], &[&c]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_clear_errors_and_change_nothing() {
     let reg = Registry::start().unwrap();
     let dirs = ShimDirs::new().unwrap();

@@ -297,32 +297,11 @@ impl Runtime {
             )
             .await;
         }
-        // The monitor deletes the container from runc after the exit; wait for it to be
-        // done so that two deletes never race.
-        wait_monitor_gone(
-            &self.container_dir(&rec.id).join("bundle"),
-            Duration::from_secs(5),
-        )
-        .await;
-        self.oci.delete(&rec.id).await?;
-        let dir = self.container_dir(&rec.id);
-        match umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => {
-                return Err(RuntimeError::Internal(anyhow::anyhow!(
-                    "unmounting the rootfs of {}: {e}",
-                    rec.id
-                )));
-            }
-        }
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
-        for kind in ["attach", "console"] {
-            let _ = std::fs::remove_file(self.io_socket(&rec.id, kind));
-        }
+        // Forgotten first, so that nothing lists it; what it leaves on the node goes in
+        // the background (see reclaim.rs).
         self.containers.remove(&rec.id)?;
+        self.reclaims
+            .start(&rec.sandbox_id, self.leftovers(&rec.id));
         Ok(())
     }
 
@@ -532,18 +511,11 @@ async fn wait_created(bundle: &Path) -> Result<()> {
 }
 
 /// Whether the container's monitor process still runs.
-fn monitor_alive(bundle: &Path) -> bool {
+pub(super) fn monitor_alive(bundle: &Path) -> bool {
     std::fs::read_to_string(monitor::monitor_pid_file(bundle))
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
         .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
-}
-
-async fn wait_monitor_gone(bundle: &Path, timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while monitor_alive(bundle) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn wait_exit(bundle: &Path, timeout: Duration) -> bool {

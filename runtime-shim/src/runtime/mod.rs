@@ -4,6 +4,7 @@
 mod containers;
 mod exec;
 mod keyed_locks;
+mod reclaim;
 mod recovery;
 mod sandboxes;
 
@@ -99,6 +100,8 @@ pub struct Runtime {
     /// Sandbox set-ups hold it shared, CNI GC exclusively: an attachment whose ADD is in
     /// flight is in no list GC could be given yet, and must not be collected.
     pub(crate) gc_lock: tokio::sync::RwLock<()>,
+    /// Removed containers whose leftovers are being reclaimed (see reclaim.rs).
+    pub(crate) reclaims: reclaim::Reclaims,
 }
 
 impl Runtime {
@@ -122,7 +125,13 @@ impl Runtime {
             cni,
             locks: keyed_locks::KeyedLocks::default(),
             gc_lock: tokio::sync::RwLock::new(()),
+            reclaims: reclaim::Reclaims::default(),
         })
+    }
+
+    /// Waits for the background work a stopping daemon must not cut short.
+    pub async fn drain(&self) {
+        self.reclaims.wait(None).await;
     }
 
     pub fn images(&self) -> &Arc<ImageStore> {

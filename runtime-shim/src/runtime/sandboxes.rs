@@ -291,6 +291,9 @@ impl Runtime {
                 self.remove_container(&c.id).await?;
             }
         }
+        // Nothing of a removed sandbox outlives RemovePodSandbox, its containers' rootfs
+        // neither.
+        self.reclaims.wait(Some(&rec.id)).await;
         let _guard = self.locks.lock(format!("sandbox/{}", rec.id)).await;
         self.release(&rec).await?;
         self.sandboxes.remove(&rec.id)?;
