@@ -298,3 +298,21 @@ pub async fn connect(socket: &Path) -> Result<Channel> {
         .await
         .context("connecting to the CRI socket")
 }
+
+/// Every sandbox the runtime lists.
+pub async fn all_sandboxes(rt: &mut RuntimeServiceClient<Channel>) -> Vec<k8s_cri::v1::PodSandbox> {
+    rt.list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+}
+
+/// Every container the runtime lists.
+pub async fn all_containers(rt: &mut RuntimeServiceClient<Channel>) -> Vec<k8s_cri::v1::Container> {
+    rt.list_containers(k8s_cri::v1::ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+}

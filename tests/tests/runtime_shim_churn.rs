@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use node_tests::registry::Registry;
-use node_tests::runtime_shim::{RuntimeShim, ShimDirs, reserved_ips, run_sandbox};
+use node_tests::runtime_shim::{RuntimeShim, ShimDirs, all_sandboxes, reserved_ips, run_sandbox};
 use tonic::transport::Channel;
 
 const CYCLES: usize = 500;
@@ -276,11 +276,6 @@ async fn many_pod_lifecycles_leave_nothing_behind() {
         layers,
         "the image store changed"
     );
-    let listed = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = all_sandboxes(&mut rt).await;
     assert!(listed.is_empty(), "{listed:?}");
 }

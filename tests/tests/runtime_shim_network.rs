@@ -8,7 +8,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use node_tests::fixture::{run_ok, unique_name};
 use node_tests::registry::Registry;
-use node_tests::runtime_shim::{RuntimeShim, ShimDirs, reserved_ips, run_sandbox};
+use node_tests::runtime_shim::{RuntimeShim, ShimDirs, all_sandboxes, reserved_ips, run_sandbox};
 use tonic::transport::Channel;
 
 /// A /24 no other test run on this machine uses; `n` tells this binary's tests apart
@@ -199,14 +199,7 @@ async fn a_failed_add_is_undone_and_reported() {
         reserved_ips(&ipam_dir).is_empty(),
         "the IP from the first plugin leaked"
     );
-    assert!(
-        rt.list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .is_empty()
-    );
+    assert!(all_sandboxes(&mut rt).await.is_empty());
     let netns = run_ok(std::process::Command::new("ip").args(["netns", "list"])).unwrap();
     let leaked: Vec<&str> = netns
         .lines()
@@ -310,12 +303,7 @@ async fn a_daemon_killed_during_cni_add_leaves_nothing_after_restart() {
     // Recovery runs before the restarted daemon serves.
     let shim = RuntimeShim::start(&dirs, &reg).unwrap();
     let mut rt = shim.runtime().await.unwrap();
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = all_sandboxes(&mut rt).await;
     assert!(pods.is_empty(), "an unfinished sandbox is listed: {pods:?}");
     let log = std::fs::read_to_string(&calls).unwrap();
     assert!(

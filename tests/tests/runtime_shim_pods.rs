@@ -10,7 +10,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use node_tests::registry::Registry;
-use node_tests::runtime_shim::{RuntimeShim, ShimDirs};
+use node_tests::runtime_shim::{RuntimeShim, ShimDirs, all_containers, all_sandboxes};
 use tonic::transport::Channel;
 
 const BUSYBOX: &str = "registry.k8s.io/e2e-test-images/busybox:1.29-2";
@@ -299,14 +299,7 @@ async fn containers_run_in_their_pod_and_log_in_cri_format() {
     assert_eq!(listed.len(), 6);
 
     remove_pod(&mut rt, &pod).await;
-    assert!(
-        rt.list_containers(ListContainersRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .containers
-            .is_empty()
-    );
+    assert!(all_containers(&mut rt).await.is_empty());
     drop(shim);
     assert_no_leaks(
         &dirs,
@@ -403,12 +396,7 @@ async fn a_crashed_daemon_leaves_containers_running_and_finds_them_again() {
     let s = status(&mut rt, &c).await;
     assert_eq!(s.state, ContainerState::ContainerRunning as i32);
     assert_eq!(s.created_at, created);
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = all_sandboxes(&mut rt).await;
     assert_eq!(
         pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
         vec![pod.id.as_str()]
@@ -458,12 +446,7 @@ async fn a_container_left_without_a_record_is_reclaimed_at_start() {
     let shim = RuntimeShim::start(&dirs, &reg).unwrap();
     let mut rt = shim.runtime().await.unwrap();
     assert!(!dir.exists(), "the orphan's directory is still there");
-    let listed = rt
-        .list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = all_containers(&mut rt).await;
     assert!(listed.is_empty(), "{listed:?}");
     assert!(
         !dirs.state().join("runc").join(&c).exists(),
@@ -488,14 +471,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
-    assert!(
-        rt.list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .is_empty()
-    );
+    assert!(all_sandboxes(&mut rt).await.is_empty());
     let pod = run_pod(&mut rt, &dirs, "bad").await;
     let err = rt
         .create_container(CreateContainerRequest {

@@ -17,7 +17,7 @@ use node_tests::fixture::{kube_bin, run_ok};
 use node_tests::kubectl::{self, Background};
 use node_tests::kubelet::{Kubelet, KubeletNode, Namespace};
 use node_tests::registry::Registry;
-use node_tests::runtime_shim::{RuntimeShim, ShimDirs};
+use node_tests::runtime_shim::{RuntimeShim, ShimDirs, all_containers};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -377,12 +377,7 @@ async fn seccomp_mode(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Strin
 }
 
 async fn container_count(rt: &mut RuntimeServiceClient<Channel>) -> usize {
-    rt.list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len()
+    all_containers(rt).await.len()
 }
 
 /// Runs `sh -c script` in a running container: exit code and stdout+stderr.
