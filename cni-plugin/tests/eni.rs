@@ -95,6 +95,45 @@ fn warm_ip_target_holds_through_adds_and_dels_as_ec2_lists_it() {
     assert_eq!(status["free"], 3);
     assert_eq!(status["enis"][0]["id"], primary.id.as_str());
     assert_eq!(status["enis"][0]["ips"].as_array().unwrap().len(), 3);
+
+    // No EC2 call on the ADD path: with the EC2 API frozen, ADDs from the warm pool are
+    // answered (the refill behind them waits for EC2 in the background).
+    let frozen = Frozen::stop(w.env["MOTO_PID"].parse().unwrap());
+    let socket = w.socket();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ips: Vec<_> = (0..3)
+            .map(|i| add_to(&socket, &format!("frozen-{i}")).map(|r| ip_of(&r)))
+            .collect();
+        let _ = tx.send(ips);
+    });
+    let ips = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("ADDs wait for the frozen EC2 API");
+    drop(frozen);
+    let ips: BTreeSet<Ipv4Addr> = ips.into_iter().map(Result::unwrap).collect();
+    assert_eq!(ips.len(), 3, "{ips:?}");
+    let ec2 = w.ec2_secondary_ips();
+    assert!(ips.is_subset(&ec2), "{ips:?} not all in {ec2:?}");
+    for i in 0..3 {
+        w.del(&format!("frozen-{i}"));
+    }
+}
+
+/// A process stopped with SIGSTOP until the guard goes (also when a test fails).
+struct Frozen(i32);
+
+impl Frozen {
+    fn stop(pid: i32) -> Frozen {
+        run("kill", &["-STOP", &pid.to_string()]);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = quiet("kill", &["-CONT", &self.0.to_string()]);
+    }
 }
 
 #[test]
