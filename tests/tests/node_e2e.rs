@@ -1,6 +1,7 @@
 //! Our whole node against the real control plane: kubelet + runtime-shim + vpc-cni/ipamd run a
 //! Deployment with plain kubectl, serve traffic on the pod IPs, survive a runtime-shim
-//! crash, and give everything back when scaled to zero.
+//! crash (whose restart garbage-collects an attachment it does not know), and give
+//! everything back when scaled to zero.
 
 use std::time::Duration;
 
@@ -17,6 +18,33 @@ impl Drop for Ipamd {
     fn drop(&mut self) {
         terminate(&mut self.0, Duration::from_secs(5));
     }
+}
+
+/// A network namespace of the test's own, deleted however the test ends.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+fn ipamd_status(socket: &std::path::Path) -> serde_json::Value {
+    let out = run_ok(
+        std::process::Command::new(bin_path("ipamd"))
+            .args(["status", "--socket"])
+            .arg(socket),
+    )
+    .unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+fn host_route_exists(ip: &str) -> bool {
+    run_ok(std::process::Command::new("ip").args(["route", "show", ip]))
+        .unwrap()
+        .contains(ip)
 }
 
 fn pods(cp: &ControlPlane, selector: &str) -> Vec<serde_json::Value> {
@@ -119,6 +147,54 @@ fn a_deployment_runs_serves_and_scales_to_zero_on_our_node() {
         assert_eq!(cs["restartCount"], 0);
     }
 
+    // An attachment the runtime does not know (a sandbox it lost, whose DEL never came),
+    // made by the plugin directly: the restarted runtime's CNI GC has ipamd release it,
+    // and only it.
+    let stale = Netns(format!("nodert-stale-{}", std::process::id()));
+    run_ok(std::process::Command::new("ip").args(["netns", "add", &stale.0])).unwrap();
+    let add = {
+        use std::io::Write;
+        let mut child = std::process::Command::new(bin_path("vpc-cni"))
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("stale{}", std::process::id()))
+            .env("CNI_NETNS", format!("/var/run/netns/{}", stale.0))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", bin_path("vpc-cni").parent().unwrap())
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=stale",
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"e2e-{pid}","type":"vpc-cni","ipamdSocket":"{sock}","mtu":1500}}"#,
+            pid = std::process::id(),
+            sock = ipamd_sock.display(),
+        );
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stdout)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&add.stdout).unwrap();
+    let stale_ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_string();
+    assert_eq!(ipamd_status(&ipamd_sock)["assigned"], 4);
+    assert!(host_route_exists(&stale_ip));
+
     // A runtime crash disrupts no pod: containers keep serving, and the restarted
     // runtime reports them as before.
     shim.take().unwrap().crash();
@@ -126,6 +202,19 @@ fn a_deployment_runs_serves_and_scales_to_zero_on_our_node() {
     run_ok(std::process::Command::new("curl").args(["-sf", "-m", "3", &format!("http://{ip}/")]))
         .unwrap();
     shim = Some(RuntimeShim::start(&dirs, &reg).unwrap());
+    eventually(
+        "the stale attachment released",
+        Duration::from_secs(20),
+        || Ok((ipamd_status(&ipamd_sock)["assigned"] == 3).then_some(())),
+    );
+    assert!(
+        !host_route_exists(&stale_ip),
+        "GC left the stale pod's route"
+    );
+    for p in &running {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        assert!(host_route_exists(ip), "GC removed live pod {ip}'s route");
+    }
     std::thread::sleep(Duration::from_secs(3));
     for p in pods(cp, &selector) {
         assert_eq!(
@@ -142,13 +231,7 @@ fn a_deployment_runs_serves_and_scales_to_zero_on_our_node() {
         Ok(pods(cp, &selector).is_empty().then_some(()))
     });
     // Every IP is back in the pool and nothing of the pods is left.
-    let status = run_ok(
-        std::process::Command::new(bin_path("ipamd"))
-            .args(["status", "--socket"])
-            .arg(&ipamd_sock),
-    )
-    .unwrap();
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let status = ipamd_status(&ipamd_sock);
     assert_eq!(status["assigned"], 0, "IPs still assigned: {status}");
     let sandboxes = std::fs::read_dir(dirs.root().join("sandboxes"))
         .unwrap()

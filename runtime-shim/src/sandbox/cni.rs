@@ -190,27 +190,48 @@ impl Cni {
 
     /// GC through the whole list, as libcni runs it: each plugin gets the attachments
     /// (container ID, interface) still in use and releases what it holds for any other.
-    /// Networks older than 1.1.0 know no GC and are skipped. Every plugin runs even if
-    /// one fails; the first error is returned.
+    /// Every plugin runs even if one fails; the first error is returned.
+    ///
+    /// libcni skips lists older than 1.1.0 (GC came with 1.1.0). We still GC such a list's
+    /// plugins that report 1.1.0 in VERSION, at 1.1.0: Debian's reference plugins stop at
+    /// 1.0.0 and refuse ADD in a 1.1.0 list, so a list with portmap stays at 1.0.0, and
+    /// without this its vpc-cni would never learn which attachments leaked.
     pub async fn gc(&self, net: &NetworkConfig, valid: &[(String, String)]) -> Result<()> {
-        if !knows_gc(&net.cni_version) {
-            return Ok(());
-        }
         let valid: Vec<Value> = valid
             .iter()
             .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
             .collect();
         let mut first_err = None;
         for plugin in &net.plugins {
+            let at = if knows_gc(&net.cni_version) {
+                net.clone()
+            } else if self.speaks(net, plugin, GC_VERSION).await {
+                NetworkConfig {
+                    cni_version: GC_VERSION.to_string(),
+                    ..net.clone()
+                }
+            } else {
+                continue;
+            };
             let mut plugin = plugin.clone();
             // libcni sets both: the spec's key and the one its drafts used.
             plugin["cni.dev/valid-attachments"] = json!(valid);
             plugin["cni.dev/attachments"] = json!(valid);
-            if let Err(e) = self.exec("GC", net, &plugin, None, None).await {
+            if let Err(e) = self.exec("GC", &at, &plugin, None, None).await {
                 first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Whether `plugin` lists `version` in its VERSION answer.
+    async fn speaks(&self, net: &NetworkConfig, plugin: &Value, version: &str) -> bool {
+        match self.exec("VERSION", net, plugin, None, None).await {
+            Ok(v) => v["supportedVersions"]
+                .as_array()
+                .is_some_and(|vs| vs.iter().any(|v| v == version)),
+            Err(_) => false,
+        }
     }
 
     fn write_cache(&self, net: &NetworkConfig, att: &Attachment, result: &Value) -> Result<()> {
@@ -313,6 +334,9 @@ impl Cni {
     }
 }
 
+/// The first spec version with GC.
+const GC_VERSION: &str = "1.1.0";
+
 /// Whether a network of `version` may be sent GC (spec 1.1.0 and later).
 fn knows_gc(version: &str) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
@@ -354,18 +378,26 @@ mod tests {
         assert!(load(&d.path().join("missing")).unwrap().is_none());
     }
 
-    /// A plugin that records its CNI_* variables and stdin, one file per run.
+    /// A plugin that records its CNI_* variables and stdin, one file per run (VERSION
+    /// calls apart: they only answer `recorder`'s versions, up to 1.0.0).
     fn recording_plugin(dir: &Path) -> Cni {
         use std::os::unix::fs::PermissionsExt;
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        let script = format!(
-            "#!/bin/sh\nout={}/run.$$\nenv | grep ^CNI_ | sort > $out.env\ncat > $out.stdin\n",
-            dir.display()
-        );
-        let plugin = bin.join("recorder");
-        std::fs::write(&plugin, script).unwrap();
-        std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (name, versions) in [
+            ("recorder", r#"["0.4.0","1.0.0"]"#),
+            ("recorder11", r#"["0.4.0","1.0.0","1.1.0"]"#),
+        ] {
+            let script = format!(
+                "#!/bin/sh\nif [ \"$CNI_COMMAND\" = VERSION ]; then cat >/dev/null; \
+                 echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":{versions}}}'; exit 0; fi\n\
+                 out={}/run.$$\nenv | grep ^CNI_ | sort > $out.env\ncat > $out.stdin\n",
+                dir.display()
+            );
+            let plugin = bin.join(name);
+            std::fs::write(&plugin, script).unwrap();
+            std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         Cni {
             bin_dirs: vec![bin],
             cache_dir: dir.join("cache"),
@@ -415,17 +447,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn networks_before_1_1_get_no_gc() {
+    async fn networks_before_1_1_get_gc_only_for_plugins_that_speak_1_1() {
         let d = tempfile::tempdir().unwrap();
         let cni = recording_plugin(d.path());
         for version in ["1.0.0", "0.4.0"] {
             let conf = format!(
-                r#"{{"cniVersion":"{version}","name":"pods","plugins":[{{"type":"recorder"}}]}}"#
+                r#"{{"cniVersion":"{version}","name":"pods","plugins":[{{"type":"recorder"}},{{"type":"recorder11"}}]}}"#
             );
             let net = parse(conf.as_bytes(), true).unwrap();
             cni.gc(&net, &[]).await.unwrap();
         }
-        assert!(runs(d.path(), "env").is_empty());
+        // One GC per list, both to the plugin that speaks 1.1.0, at 1.1.0.
+        let envs = runs(d.path(), "env");
+        assert_eq!(envs.len(), 2, "{envs:?}");
+        assert!(
+            envs.iter().all(|e| e.contains("CNI_COMMAND=GC\n")),
+            "{envs:?}"
+        );
+        for stdin in runs(d.path(), "stdin") {
+            let conf: Value = serde_json::from_str(&stdin).unwrap();
+            assert_eq!(conf["type"], "recorder11", "{conf}");
+            assert_eq!(conf["cniVersion"], "1.1.0", "{conf}");
+        }
         assert!(knows_gc("1.1.0") && knows_gc("2.0.0") && !knows_gc("1.0.0"));
     }
 
