@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Where the CPU of "N pods at once" goes on our node: a control plane, a registry and one
+# of our nodes (as hack/bench.sh starts them), then R rounds of N pods created at once
+# (tests/src/bin/pod-burst), each followed by deleting them and a pause so the next round
+# starts idle. Per round: wall time, p50/p99 startup, the machine's CPU time, and each
+# daemon's (user + system, with the children it reaped). What no daemon accounts for is
+# mostly runc and the per-container monitors (reaped only when their container ends),
+# the CNI plugins' own processes counting with runtime-shim. Not a test: it prints figures.
+#
+#   ./hack/profile-burst.sh [--pods N] [--rounds R]
+. "$(dirname "$0")/lib.sh"
+require_root
+PODS=30
+ROUNDS=2
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --pods) PODS="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        *) die "unknown flag $1" ;;
+    esac
+done
+IMAGE=registry.k8s.io/e2e-test-images/busybox:1.29-2
+. "$REPO_ROOT/hack/bench-lib.sh"
+bench_prepare
+bench_cluster nodert-profile
+mkdir -p "$WORK/ours"
+BENCH_STOP=("node.sh $WORK/ours")
+"$REPO_ROOT/hack/node.sh" start --dir "$WORK/ours" --control-plane "$WORK/cp" \
+    --registry "$WORK/registry" --node profile-ours --pod-cidr 10.246.1.0/24
+pod_manifest warm-profile-ours profile-ours warm | "${KC[@]}" apply -f - >/dev/null
+wait_for "warm-up pod" 120 pod_ready warm-profile-ours
+
+# ticks PID: the CPU a process and the children it reaped have used, in clock ticks.
+ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+HZ=$(getconf CLK_TCK)
+declare -A PID
+for name in kube-apiserver etcd kube-scheduler kube-controller-manager; do
+    PID[$name]=$(pgrep -f "(^|/)$name( |$)" | head -1 || true)
+done
+for var in KUBELET RUNTIME_SHIM IPAMD; do
+    PID[$var]=$(grep "^${var}_PID=" "$WORK/ours/env" | cut -d= -f2)
+done
+
+for round in $(seq 1 "$ROUNDS"); do
+    declare -A BEFORE=()
+    for k in "${!PID[@]}"; do BEFORE[$k]=$(ticks "${PID[$k]}"); done
+    m0=$(machine_ticks)
+    t0=$(date +%s%N)
+    startup_concurrent profile-ours >"$WORK/round.$round"
+    t1=$(date +%s%N)
+    m1=$(machine_ticks)
+    machine=$(((m1 - m0) * 1000 / HZ))
+    printf 'round %s: %s pods at once in %s ms wall, startup p50 %s ms, p99 %s ms; CPU used %s ms\n' \
+        "$round" "$PODS" $(((t1 - t0) / 1000000)) "$(percentile 0.5 <"$WORK/round.$round")" \
+        "$(percentile 0.99 <"$WORK/round.$round")" "$machine"
+    accounted=0
+    for k in $(printf '%s\n' "${!PID[@]}" | sort); do
+        ms=$((($(ticks "${PID[$k]}") - BEFORE[$k]) * 1000 / HZ))
+        accounted=$((accounted + ms))
+        printf '  %-26s %6s ms\n' "${k,,}" "$ms"
+    done
+    printf '  %-26s %6s ms\n' "the rest (runc, monitors)" $((machine - accounted))
+    delete_phase profile-ours conc
+    sleep 5
+done
