@@ -63,20 +63,17 @@ pod_ready() {
     [ "$("${KC[@]}" get pod "$1" -o jsonpath='{.status.phase}/{.status.containerStatuses[0].ready}' 2>/dev/null)" = "Running/true" ]
 }
 
-# startup NODE: creates $PODS pods one after another; prints one latency in ms per pod.
+# startup NODE: creates $PODS pods one after another, each once the one before is Ready;
+# prints one latency in ms per pod, from its create request until a watch sees it Ready
+# (tests/src/bin/pod-burst.rs --one-by-one).
 startup() {
-    local node="$1" i t0 t1
+    local node="$1"
     # Warm-up pod: pulls the image, so every measured pod finds it present. It stays, as
     # the client of the connectivity measurement.
     pod_manifest "warm-$node" "$node" warm | "${KC[@]}" apply -f - >/dev/null
     wait_for "warm-up pod on $node" 120 pod_ready "warm-$node"
-    for i in $(seq 1 "$PODS"); do
-        t0=$(date +%s%N)
-        pod_manifest "p$i-$node" "$node" | "${KC[@]}" apply -f - >/dev/null
-        until pod_ready "p$i-$node"; do sleep 0.05; done
-        t1=$(date +%s%N)
-        echo $(((t1 - t0) / 1000000))
-    done
+    "$NODERT_BIN_DIR/pod-burst" --kubeconfig "$WORK/cp/admin.kubeconfig" --node "$node" \
+        --image "$IMAGE" --count "$PODS" --one-by-one --phase seq --prefix p
 }
 
 # startup_concurrent NODE: creates $PODS pods at once; prints one latency in ms per pod,

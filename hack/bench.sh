@@ -3,10 +3,10 @@
 #   our node      kubelet + runtime-shim + vpc-cni/ipamd (hack/node.sh)
 #   upstream node kubelet 1.20.2 + containerd 1.6 + runc + ptp/host-local (hack/reference-node.sh)
 # For each node, in this order:
-#  1. startup latency of N pods created one after another (kubectl apply until the API
-#     shows the pod Running and Ready, polled every 50 ms: the same client overhead for
-#     both), then the memory (PSS, /proc/PID/smaps_rollup) of all node daemons with the
-#     N pods running;
+#  1. startup latency of N pods created one after another (each created once the one
+#     before is Ready; a pod's latency runs from its create request until a watch sees it
+#     Running and Ready, tests/src/bin/pod-burst.rs), then the memory (PSS,
+#     /proc/PID/smaps_rollup) of all node daemons with the N pods running;
 #  2. startup latency of N pods created at once (N concurrent create requests; a pod's
 #     latency runs from its own request until a watch sees it Running and Ready);
 #  3. pod-to-pod connectivity after creation, for M web pods one after another: from the
