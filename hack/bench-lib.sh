@@ -84,12 +84,28 @@ startup_concurrent() {
         --image "$IMAGE" --count "$PODS"
 }
 
-# delete_phase NODE PHASE: deletes that phase's pods and waits until they are gone.
+# delete_phase NODE PHASE: deletes that phase's pods, waits until they are gone from the
+# API, then until the machine is idle: the runtime is still tearing their containers down
+# when the API objects go, and the next phase must not pay for that.
 delete_phase() {
     "${KC[@]}" delete pods -l "bench=$1,phase=$2" --wait=false >/dev/null
     wait_for "$1's $2 pods to go" 180 phase_gone "$1" "$2"
+    local deadline=$((SECONDS + 60))
+    until machine_idle; do
+        [ $SECONDS -lt $deadline ] || { warn "the machine is still busy 60 s after $1's $2 pods went"; break; }
+    done
 }
 phase_gone() { [ -z "$("${KC[@]}" get pods -l "bench=$1,phase=$2" -o name)" ]; }
+
+# machine_idle: under 15% of all cores busy over the next second.
+machine_idle() {
+    local a b
+    a=($(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat))
+    sleep 1
+    b=($(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat))
+    local busy=$((b[0] - a[0])) idle=$((b[1] - a[1]))
+    [ $((busy * 100)) -lt $((15 * (busy + idle))) ]
+}
 
 # netns_of_ip IP: the named network namespace whose interfaces hold IP.
 netns_of_ip() {
