@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Kubelet benchmark, one run, one machine, one control plane, the same runtime under both:
+# Kubelet benchmark, one run, one machine, one control plane, one kubelet at a time, the
+# same runtime under both:
 #   ours      our kubelet        + containerd 1.6 + runc + ptp/host-local
 #   upstream  kubelet 1.20.2     + containerd 1.6 + runc + ptp/host-local (kubeAPIQPS 50)
 # Each kubelet gets a containerd of its own, configured alike (hack/reference-node.sh), so
@@ -26,13 +27,6 @@ bench_cluster nodert-bench-pods
 mkdir -p "$WORK"/{ours,ours-containerd,upstream}
 BENCH_STOP=("reference-node.sh $WORK/ours-containerd" "node.sh $WORK/ours"
     "reference-node.sh $WORK/upstream")
-"$REPO_ROOT/hack/reference-node.sh" start --dir "$WORK/ours-containerd" --containerd-only \
-    --node bench-ours-rt --registry "$REG" --pod-cidr 10.247.1.0/24
-"$REPO_ROOT/hack/node.sh" start --dir "$WORK/ours" --control-plane "$WORK/cp" \
-    --registry "$WORK/registry" --node bench-kubelet-ours \
-    --cri-socket "$(grep '^CONTAINERD_SOCK=' "$WORK/ours-containerd/env" | cut -d= -f2)"
-"$REPO_ROOT/hack/reference-node.sh" start --dir "$WORK/upstream" --control-plane "$WORK/cp" \
-    --node bench-kubelet-upstream --registry "$REG" --pod-cidr 10.247.2.0/24
 IMAGE=registry.k8s.io/e2e-test-images/busybox:1.29-2
 WEB_IMAGE=registry.k8s.io/e2e-test-images/nginx:1.14-2
 
@@ -51,7 +45,18 @@ measure() {
     startup_concurrent "$node" >"$WORK/$who.conc"
     delete_phase "$node" conc
 }
+# Each kubelet has the machine to itself while it is measured: ours (and its containerd)
+# is stopped before the upstream one starts.
+"$REPO_ROOT/hack/reference-node.sh" start --dir "$WORK/ours-containerd" --containerd-only \
+    --node bench-ours-rt --registry "$REG" --pod-cidr 10.247.1.0/24
+"$REPO_ROOT/hack/node.sh" start --dir "$WORK/ours" --control-plane "$WORK/cp" \
+    --registry "$WORK/registry" --node bench-kubelet-ours \
+    --cri-socket "$(grep '^CONTAINERD_SOCK=' "$WORK/ours-containerd/env" | cut -d= -f2)"
 measure bench-kubelet-ours ours
+"$REPO_ROOT/hack/node.sh" stop --dir "$WORK/ours"
+"$REPO_ROOT/hack/reference-node.sh" stop --dir "$WORK/ours-containerd"
+"$REPO_ROOT/hack/reference-node.sh" start --dir "$WORK/upstream" --control-plane "$WORK/cp" \
+    --node bench-kubelet-upstream --registry "$REG" --pod-cidr 10.247.2.0/24
 measure bench-kubelet-upstream upstream
 
 echo
