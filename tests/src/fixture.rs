@@ -30,6 +30,16 @@ pub fn bin_path(name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// `ipamd status` of the daemon on `socket`, as JSON (free, assigned, cooldown, ENIs).
+pub fn ipamd_status(socket: &Path) -> Result<serde_json::Value> {
+    let out = run_ok(
+        Command::new(bin_path("ipamd"))
+            .args(["status", "--socket"])
+            .arg(socket),
+    )?;
+    serde_json::from_str(&out).with_context(|| format!("parsing `ipamd status`: {out}"))
+}
+
 /// The directory everything expensive is cached in (see hack/lib.sh).
 pub fn cache_dir() -> PathBuf {
     std::env::var("NODERT_CACHE")

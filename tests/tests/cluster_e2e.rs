@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use node_tests::cluster::Cluster;
 use node_tests::ec2;
-use node_tests::fixture::{bin_path, eventually, process_running, run_ok};
+use node_tests::fixture::{eventually, ipamd_status, process_running, run_ok};
 use serde_json::Value;
 
 const APP: &str = "web";
@@ -89,13 +89,7 @@ fn http_in(ns: &str, url: &str) -> anyhow::Result<String> {
 }
 
 fn ipamd_assigned(c: &Cluster, node: usize) -> u64 {
-    let out = run_ok(
-        Command::new(bin_path("ipamd"))
-            .args(["status", "--socket"])
-            .arg(c.node_dir(node).join("ipamd.sock")),
-    )
-    .unwrap();
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = ipamd_status(&c.node_dir(node).join("ipamd.sock")).unwrap();
     v["assigned"].as_u64().unwrap_or_else(|| panic!("{v}"))
 }
 

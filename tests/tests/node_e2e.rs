@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use node_tests::control_plane::ControlPlane;
-use node_tests::fixture::{bin_path, eventually, run_ok, terminate};
+use node_tests::fixture::{bin_path, eventually, ipamd_status, run_ok, terminate};
 use node_tests::kubelet::{Kubelet, KubeletNode};
 use node_tests::registry::Registry;
 use node_tests::runtime_shim::{RuntimeShim, ShimDirs};
@@ -29,16 +29,6 @@ impl Drop for Netns {
             .args(["netns", "del", &self.0])
             .status();
     }
-}
-
-fn ipamd_status(socket: &std::path::Path) -> serde_json::Value {
-    let out = run_ok(
-        std::process::Command::new(bin_path("ipamd"))
-            .args(["status", "--socket"])
-            .arg(socket),
-    )
-    .unwrap();
-    serde_json::from_str(&out).unwrap()
 }
 
 fn host_route_exists(ip: &str) -> bool {
@@ -192,7 +182,7 @@ fn a_deployment_runs_serves_and_scales_to_zero_on_our_node() {
         .unwrap()
         .trim_end_matches("/32")
         .to_string();
-    assert_eq!(ipamd_status(&ipamd_sock)["assigned"], 4);
+    assert_eq!(ipamd_status(&ipamd_sock).unwrap()["assigned"], 4);
     assert!(host_route_exists(&stale_ip));
 
     // A runtime crash disrupts no pod: containers keep serving, and the restarted
@@ -205,7 +195,7 @@ fn a_deployment_runs_serves_and_scales_to_zero_on_our_node() {
     eventually(
         "the stale attachment released",
         Duration::from_secs(20),
-        || Ok((ipamd_status(&ipamd_sock)["assigned"] == 3).then_some(())),
+        || Ok((ipamd_status(&ipamd_sock)?["assigned"] == 3).then_some(())),
     );
     assert!(
         !host_route_exists(&stale_ip),
@@ -231,7 +221,7 @@ fn a_deployment_runs_serves_and_scales_to_zero_on_our_node() {
         Ok(pods(cp, &selector).is_empty().then_some(()))
     });
     // Every IP is back in the pool and nothing of the pods is left.
-    let status = ipamd_status(&ipamd_sock);
+    let status = ipamd_status(&ipamd_sock).unwrap();
     assert_eq!(status["assigned"], 0, "IPs still assigned: {status}");
     let sandboxes = std::fs::read_dir(dirs.root().join("sandboxes"))
         .unwrap()
