@@ -14,7 +14,7 @@ use cni_plugin::net::{
 use serde_json::Value;
 
 mod common;
-use common::{ip_json, ping, quiet, run};
+use common::{eventually, ip_json, ping, quiet, routes_via, run};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -80,15 +80,15 @@ impl TestPod {
 
     /// The kernel destroys a deleted netns, and the veths in it, in the background.
     fn wait_host_veth_gone(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.host_veth_exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} outlived the pod's netns",
-                self.net.host_veth
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        eventually(
+            "the host veth goes with the pod's netns",
+            std::time::Duration::from_secs(10),
+            || {
+                (!self.host_veth_exists())
+                    .then_some(())
+                    .ok_or_else(|| format!("{} still exists", self.net.host_veth))
+            },
+        );
     }
 }
 
@@ -230,16 +230,7 @@ async fn teardown_detaches_the_pod_and_is_idempotent() {
     // The pair stays for the netns to take with it, carrying nothing.
     assert!(pod.host_veth_exists());
     assert!(
-        ip_json(&[
-            "-4",
-            "route",
-            "show",
-            "table",
-            "all",
-            "dev",
-            &pod.net.host_veth
-        ])
-        .is_empty(),
+        routes_via(&pod.net.host_veth).is_empty(),
         "routes still lead through the detached veth"
     );
     teardown_pod_network(&pod.net.host_veth, pod.net.ip)

@@ -16,7 +16,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
 mod common;
-use common::{eventually, ip_json, quiet, run};
+use common::{eventually, ip_json, quiet, routes_via, run};
 
 fn ping(target: &str) -> bool {
     common::ping(None, target)
@@ -288,8 +288,7 @@ fn link_exists(name: &str) -> bool {
 /// left to go with the pod's netns (see `Pair::Detach` in net/pod.rs).
 fn detached(pod: &Pod) -> bool {
     let veth = pod.host_veth();
-    !link_exists(&veth)
-        || ip_json(&["-4", "route", "show", "table", "all", "dev", &veth]).is_empty()
+    !link_exists(&veth) || routes_via(&veth).is_empty()
 }
 
 /// Deletes the pod's netns as the runtime does after DEL; the pair dies with it.

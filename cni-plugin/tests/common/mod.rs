@@ -36,6 +36,11 @@ pub fn ip_json(args: &[&str]) -> Vec<Value> {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {out}"))
 }
 
+/// The IPv4 routes through `dev`, in any table.
+pub fn routes_via(dev: &str) -> Vec<Value> {
+    ip_json(&["-4", "route", "show", "table", "all", "dev", dev])
+}
+
 /// `ping` where installed, busybox's otherwise; `ns` runs it inside that namespace.
 pub fn ping(ns: Option<&str>, target: &str) -> bool {
     let ping: &[&str] = if quiet("sh", &["-c", "command -v ping"]) {
