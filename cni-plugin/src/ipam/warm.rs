@@ -336,6 +336,35 @@ impl WarmTargets {
 mod tests {
     use super::*;
 
+    // The actions by ENI name, as the tables below read.
+    fn assign(eni: &str, count: u32) -> Action {
+        Action::Assign {
+            eni: eni.into(),
+            count,
+        }
+    }
+    fn assign_prefixes(eni: &str, count: u32) -> Action {
+        Action::AssignPrefixes {
+            eni: eni.into(),
+            count,
+        }
+    }
+    fn unassign(eni: &str, count: u32) -> Action {
+        Action::Unassign {
+            eni: eni.into(),
+            count,
+        }
+    }
+    fn unassign_prefixes(eni: &str, count: u32) -> Action {
+        Action::UnassignPrefixes {
+            eni: eni.into(),
+            count,
+        }
+    }
+    fn free_eni(eni: &str) -> Action {
+        Action::FreeEni { eni: eni.into() }
+    }
+
     /// An ENI with secondary IPs only.
     fn eni(id: &str, device_index: u32, ips: u32, assigned: u32, cooling: u32) -> EniUsage {
         EniUsage {
@@ -398,13 +427,7 @@ mod tests {
     fn warm_eni_fills_the_primary_then_adds_an_eni() {
         let t = targets(1, None, None);
         let fresh = [eni("eni-0", 0, 0, 0, 0)];
-        assert_eq!(
-            t.decide(&fresh, false),
-            Action::Assign {
-                eni: "eni-0".into(),
-                count: 9
-            }
-        );
+        assert_eq!(t.decide(&fresh, false), assign("eni-0", 9));
         // A full ENI free: the target holds.
         assert_eq!(t.decide(&[eni("eni-0", 0, 9, 0, 0)], false), Action::None);
         // One pod: less than an ENI's worth is available, and eni-0 is full.
@@ -435,18 +458,8 @@ mod tests {
             eni("eni-1", 1, 9, 0, 0),
             eni("eni-2", 2, 9, 0, 0),
         ];
-        assert_eq!(
-            t.decide(&idle, false),
-            Action::FreeEni {
-                eni: "eni-2".into()
-            }
-        );
-        assert_eq!(
-            t.decide(&idle[..2], false),
-            Action::FreeEni {
-                eni: "eni-1".into()
-            }
-        );
+        assert_eq!(t.decide(&idle, false), free_eni("eni-2"));
+        assert_eq!(t.decide(&idle[..2], false), free_eni("eni-1"));
         assert_eq!(t.decide(&idle[..1], false), Action::None);
         // An ENI with a cooling IP is not unused.
         let cooling = [
@@ -454,12 +467,7 @@ mod tests {
             eni("eni-1", 1, 9, 0, 1),
             eni("eni-2", 2, 9, 0, 0),
         ];
-        assert_eq!(
-            t.decide(&cooling, false),
-            Action::FreeEni {
-                eni: "eni-2".into()
-            }
-        );
+        assert_eq!(t.decide(&cooling, false), free_eni("eni-2"));
     }
 
     #[test]
@@ -467,28 +475,19 @@ mod tests {
         let t = targets(1, Some(3), None);
         assert_eq!(
             t.decide(&[eni("eni-0", 0, 0, 0, 0)], false),
-            Action::Assign {
-                eni: "eni-0".into(),
-                count: 3
-            }
+            assign("eni-0", 3)
         );
         assert_eq!(t.decide(&[eni("eni-0", 0, 3, 0, 0)], false), Action::None);
         // Two pods: two short.
         assert_eq!(
             t.decide(&[eni("eni-0", 0, 3, 2, 0)], false),
-            Action::Assign {
-                eni: "eni-0".into(),
-                count: 2
-            }
+            assign("eni-0", 2)
         );
         // Cooling IPs are not available, and not released either.
         assert_eq!(t.decide(&[eni("eni-0", 0, 5, 0, 2)], false), Action::None);
         assert_eq!(
             t.decide(&[eni("eni-0", 0, 5, 0, 0)], false),
-            Action::Unassign {
-                eni: "eni-0".into(),
-                count: 2
-            }
+            unassign("eni-0", 2)
         );
         // The primary is full: the shortfall goes to a new ENI, no bigger than needed.
         assert_eq!(
@@ -500,20 +499,9 @@ mod tests {
         );
         // IPs drain from the newest ENI, and an emptied ENI is freed.
         let two = [eni("eni-0", 0, 9, 0, 0), eni("eni-1", 1, 2, 0, 0)];
-        assert_eq!(
-            t.decide(&two, false),
-            Action::Unassign {
-                eni: "eni-1".into(),
-                count: 2
-            }
-        );
+        assert_eq!(t.decide(&two, false), unassign("eni-1", 2));
         let two = [eni("eni-0", 0, 3, 0, 0), eni("eni-1", 1, 0, 0, 0)];
-        assert_eq!(
-            t.decide(&two, false),
-            Action::FreeEni {
-                eni: "eni-1".into()
-            }
-        );
+        assert_eq!(t.decide(&two, false), free_eni("eni-1"));
     }
 
     #[test]
@@ -521,28 +509,19 @@ mod tests {
         let t = targets(1, None, Some(5));
         assert_eq!(
             t.decide(&[eni("eni-0", 0, 2, 0, 0)], false),
-            Action::Assign {
-                eni: "eni-0".into(),
-                count: 3
-            }
+            assign("eni-0", 3)
         );
         // 5 on the node, none assigned: over WARM_IP_TARGET (0) but at the minimum.
         assert_eq!(t.decide(&[eni("eni-0", 0, 5, 0, 0)], false), Action::None);
         assert_eq!(
             t.decide(&[eni("eni-0", 0, 7, 0, 0)], false),
-            Action::Unassign {
-                eni: "eni-0".into(),
-                count: 2
-            }
+            unassign("eni-0", 2)
         );
         // With both: warm IPs on top of the assigned ones, never under the minimum.
         let t = targets(1, Some(2), Some(5));
         assert_eq!(
             t.decide(&[eni("eni-0", 0, 5, 4, 0)], false),
-            Action::Assign {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            assign("eni-0", 1)
         );
     }
 
@@ -565,10 +544,7 @@ mod tests {
         // A fresh node: one /28 on the primary.
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 0, 0, 0, 0)], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            assign_prefixes("eni-0", 1)
         );
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 1, 1, 0, 0)], false),
@@ -578,10 +554,7 @@ mod tests {
         // table: 5 pods, 2 prefixes).
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 1, 0, 1, 0)], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            assign_prefixes("eni-0", 1)
         );
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 2, 1, 5, 0)], false),
@@ -590,34 +563,19 @@ mod tests {
         // WARM_PREFIX_TARGET=2 asks for both at once.
         assert_eq!(
             pd_targets(2, None, None).decide(&[pd_eni("eni-0", 0, 0, 0, 0, 0)], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 2
-            }
+            assign_prefixes("eni-0", 2)
         );
         // Pods gone: 3 free prefixes, 2 go back, newest ENI first.
         let idle = [
             pd_eni("eni-0", 0, 2, 2, 0, 0),
             pd_eni("eni-1", 1, 1, 1, 0, 0),
         ];
-        assert_eq!(
-            t.decide(&idle, false),
-            Action::UnassignPrefixes {
-                eni: "eni-1".into(),
-                count: 1
-            }
-        );
+        assert_eq!(t.decide(&idle, false), unassign_prefixes("eni-1", 1));
         let idle = [
             pd_eni("eni-0", 0, 2, 2, 0, 0),
             pd_eni("eni-1", 1, 0, 0, 0, 0),
         ];
-        assert_eq!(
-            t.decide(&idle, false),
-            Action::UnassignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
-        );
+        assert_eq!(t.decide(&idle, false), unassign_prefixes("eni-0", 1));
         // A prefix with a cooling IP is not free: the other one stays as the warm one.
         let mut cooling = pd_eni("eni-0", 0, 2, 1, 0, 0);
         cooling.cooling = 1;
@@ -627,12 +585,7 @@ mod tests {
             pd_eni("eni-0", 0, 1, 1, 0, 0),
             pd_eni("eni-1", 1, 0, 0, 0, 0),
         ];
-        assert_eq!(
-            t.decide(&emptied, false),
-            Action::FreeEni {
-                eni: "eni-1".into()
-            }
-        );
+        assert_eq!(t.decide(&emptied, false), free_eni("eni-1"));
     }
 
     #[test]
@@ -672,10 +625,7 @@ mod tests {
         let t = pd_targets(1, Some(5), Some(10));
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 0, 0, 0, 0)], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            assign_prefixes("eni-0", 1)
         );
         // 7 pods: 12 needed, 16 there.
         assert_eq!(
@@ -685,26 +635,17 @@ mod tests {
         // 15 pods: 20 needed, a second prefix.
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 1, 0, 15, 0)], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            assign_prefixes("eni-0", 1)
         );
         // 32 pods: 37 needed, 32 there.
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 2, 0, 32, 0)], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            assign_prefixes("eni-0", 1)
         );
         // Nothing is used and only MINIMUM_IP_TARGET=40 asks: 3 prefixes at once.
         assert_eq!(
             pd_targets(1, None, Some(40)).decide(&[pd_eni("eni-0", 0, 0, 0, 0, 0)], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 3
-            }
+            assign_prefixes("eni-0", 3)
         );
     }
 
@@ -714,27 +655,15 @@ mod tests {
         let mut busy = pd_eni("eni-0", 0, 2, 0, 30, 0);
         assert_eq!(
             t.decide(std::slice::from_ref(&busy), false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            assign_prefixes("eni-0", 1)
         );
         busy.assigned = 45;
         busy.prefixes = 3;
-        assert_eq!(
-            t.decide(&[busy], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
-        );
+        assert_eq!(t.decide(&[busy], false), assign_prefixes("eni-0", 1));
         // Idle with 3 prefixes: 48 available, 10 needed: 2 go (one at a time per ENI).
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 3, 3, 0, 0)], false),
-            Action::UnassignPrefixes {
-                eni: "eni-0".into(),
-                count: 2
-            }
+            unassign_prefixes("eni-0", 2)
         );
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 1, 1, 0, 0)], false),
@@ -743,10 +672,7 @@ mod tests {
         // Free secondary IPs go first, prefixes only when 16 can go.
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 1, 1, 0, 3)], false),
-            Action::Unassign {
-                eni: "eni-0".into(),
-                count: 3
-            }
+            unassign("eni-0", 3)
         );
     }
 
@@ -757,10 +683,7 @@ mod tests {
         assert_eq!(t.warm_ip, Some(16));
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 0, 0, 0, 0)], false),
-            Action::Assign {
-                eni: "eni-0".into(),
-                count: 9
-            }
+            assign("eni-0", 9)
         );
         // The primary's slots are full: a new ENI with IPs, not prefixes.
         assert_eq!(
@@ -774,10 +697,7 @@ mod tests {
         let t = pd_targets(1, Some(3), None).fallback();
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 0, 0, 0, 0)], false),
-            Action::Assign {
-                eni: "eni-0".into(),
-                count: 3
-            }
+            assign("eni-0", 3)
         );
         // A prefix that is there is kept, and counts.
         assert_eq!(
@@ -789,17 +709,11 @@ mod tests {
         let t = pd_targets(1, None, None);
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 0, 0, 0, 5)], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            assign_prefixes("eni-0", 1)
         );
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 1, 1, 0, 5)], false),
-            Action::Unassign {
-                eni: "eni-0".into(),
-                count: 5
-            }
+            unassign("eni-0", 5)
         );
         // Secondary-IP targets are unchanged by a fallback.
         assert_eq!(targets(1, None, None).fallback(), targets(1, None, None));
@@ -811,10 +725,7 @@ mod tests {
         let mut left = pd_eni("eni-0", 0, 2, 1, 3, 9);
         assert_eq!(
             t.decide(std::slice::from_ref(&left), false),
-            Action::UnassignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            unassign_prefixes("eni-0", 1)
         );
         left.free_prefixes = 0;
         // The used one stays, and its IPs count.
@@ -830,17 +741,11 @@ mod tests {
         );
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 1, 0, 16, 0)], false),
-            Action::AssignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            assign_prefixes("eni-0", 1)
         );
         assert_eq!(
             t.decide(&[pd_eni("eni-0", 0, 2, 1, 3, 0)], false),
-            Action::UnassignPrefixes {
-                eni: "eni-0".into(),
-                count: 1
-            }
+            unassign_prefixes("eni-0", 1)
         );
     }
 }
