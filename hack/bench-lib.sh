@@ -97,12 +97,16 @@ delete_phase() {
 }
 phase_gone() { [ -z "$("${KC[@]}" get pods -l "bench=$1,phase=$2" -o name)" ]; }
 
+# cpu_ticks: the clock ticks all cores have spent busy (user, nice, system, irq, softirq)
+# and idle (idle, iowait) since boot, as "BUSY IDLE".
+cpu_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; }
+
 # machine_idle: under 15% of all cores busy over the next second.
 machine_idle() {
     local a b
-    a=($(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat))
+    a=($(cpu_ticks))
     sleep 1
-    b=($(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat))
+    b=($(cpu_ticks))
     local busy=$((b[0] - a[0])) idle=$((b[1] - a[1]))
     [ $((busy * 100)) -lt $((15 * (busy + idle))) ]
 }

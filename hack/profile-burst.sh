@@ -44,7 +44,6 @@ wait_for "warm-up pod" 120 pod_ready warm-profile-ours
 
 # ticks PID: the CPU a process and the children it reaped have used, in clock ticks.
 ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 declare -A PID
 for name in kube-apiserver etcd kube-scheduler kube-controller-manager; do
@@ -61,11 +60,11 @@ fi
 for round in $(seq 1 "$ROUNDS"); do
     declare -A BEFORE=()
     for k in "${!PID[@]}"; do BEFORE[$k]=$(ticks "${PID[$k]}"); done
-    m0=$(machine_ticks)
+    m0=$(cpu_ticks | cut -d" " -f1)
     t0=$(date +%s%N)
     startup_concurrent profile-ours >"$WORK/round.$round"
     t1=$(date +%s%N)
-    m1=$(machine_ticks)
+    m1=$(cpu_ticks | cut -d" " -f1)
     machine=$(((m1 - m0) * 1000 / HZ))
     printf 'round %s: %s pods at once in %s ms wall, startup p50 %s ms, p99 %s ms; CPU used %s ms\n' \
         "$round" "$PODS" $(((t1 - t0) / 1000000)) "$(percentile 0.5 <"$WORK/round.$round")" \
