@@ -25,10 +25,10 @@ use crate::container::runc::OciRuntime;
 /// One container's leftovers, with what removing them needs (no borrow of the runtime,
 /// so it can run in a task of its own).
 pub(super) struct Leftovers {
-    pub id: String,
-    pub dir: PathBuf,
-    pub sockets: Vec<PathBuf>,
-    pub oci: Arc<dyn OciRuntime>,
+    id: String,
+    dir: PathBuf,
+    sockets: Vec<PathBuf>,
+    oci: Arc<dyn OciRuntime>,
 }
 
 impl Leftovers {
@@ -40,6 +40,11 @@ impl Leftovers {
         // done so that two deletes never race.
         wait_monitor_gone(&bundle, Duration::from_secs(10)).await;
         self.oci.delete(&self.id).await?;
+        // A rootfs the container filled can take long to remove: not on a runtime worker.
+        tokio::task::spawn_blocking(move || self.remove_files()).await?
+    }
+
+    fn remove_files(&self) -> anyhow::Result<()> {
         match umount2(&self.dir.join("rootfs"), MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => anyhow::bail!("unmounting the rootfs of {}: {e}", self.id),
@@ -138,9 +143,9 @@ impl Runtime {
             .filter(|id| self.containers.get(id).is_none())
             .collect();
         for id in orphans {
-            let leftovers = self.leftovers(&id);
             // It may still run (a CreateContainer killed after `runc create`).
-            let _ = leftovers.oci.kill(&id, libc::SIGKILL).await;
+            let _ = self.oci.kill(&id, libc::SIGKILL).await;
+            let leftovers = self.leftovers(&id);
             match leftovers.remove().await {
                 Ok(()) => {
                     tracing::info!(container = %id, "removed a container left without a record")
